@@ -1,0 +1,1 @@
+"""Architecture adapters: the built-in MLP and CNN, and the interface plugins implement."""

@@ -1,0 +1,124 @@
+"""The adapter interface: how kktembed sees one family of homogeneous networks.
+
+An adapter turns a JSON config into a float64 ``torch.nn.Module`` whose ``state_dict`` keys are the
+checkpoint's tensor names, declares the homogeneity degree L (MATH.md §1), and describes the
+network's **units**: for each hidden layer, which parameter slices belong to unit j. Splitting
+(MATH.md §4: rows/filters and first-layer bias entries scaled by c_i on the way in, columns /
+input-channel slices / flatten blocks scaled by c_i on the way out), the embedding map T and the
+conformance checks work through that description alone.
+
+Required: ``name``, ``build``, ``degree``, ``units``, ``widen``. The rest has defaults built on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kktembed.errors import ArchitectureError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class UnitSlice:
+    """Unit j of a layer owns ``param[..., j*block:(j+1)*block, ...]`` along ``axis``.
+
+    ``block`` is 1 for neurons and channels, H·W for the columns a channel owns after a flatten.
+    """
+
+    param: str
+    axis: int
+    block: int = 1
+
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """One splittable hidden layer with ``width`` units.
+
+    ``incoming``: slices that produce the unit (weight rows or conv filters, first-layer bias
+    entries); ``outgoing``: slices that consume it (next layer's columns or input channels).
+    A split of unit j scales all of them by c_i (MATH.md §4, Def. 4.6 / Def. 4.10).
+    """
+
+    name: str
+    width: int
+    incoming: tuple[UnitSlice, ...]
+    outgoing: tuple[UnitSlice, ...]
+
+    @property
+    def slices(self) -> tuple[UnitSlice, ...]:
+        return self.incoming + self.outgoing
+
+
+class Adapter:
+    """Base class for architecture adapters. Subclass it and register an instance."""
+
+    #: unique name, stored in checkpoints as ``kktembed.adapter``
+    name: str = ""
+    #: one line for ``kktembed plugins`` and ``inspect``
+    description: str = ""
+
+    def build(self, config: dict[str, Any]) -> "torch.nn.Module":
+        """Return the float64 module for ``config``; its state_dict keys are the checkpoint's."""
+        raise NotImplementedError
+
+    def degree(self, config: dict[str, Any]) -> int:
+        """The homogeneity degree L: Φ(cθ; x) = c^L Φ(θ; x) for c > 0 (MATH.md §1)."""
+        raise NotImplementedError
+
+    def units(self, config: dict[str, Any]) -> list[UnitLayer]:
+        """The splittable hidden layers and the parameter slices of their units."""
+        raise NotImplementedError
+
+    def widen(self, config: dict[str, Any], layer: str, width: int) -> dict[str, Any]:
+        """Return a new config in which hidden layer ``layer`` has ``width`` units."""
+        raise NotImplementedError
+
+    # -- helpers built on the required methods -------------------------------------------
+
+    def layers(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Human-readable layer table for ``inspect``: dicts with at least ``name`` and ``kind``."""
+        module = self.build(config)
+        rows = []
+        for name, child in module.named_children():
+            n_params = sum(p.numel() for p in child.parameters())
+            rows.append({"name": name, "kind": type(child).__name__, "parameters": n_params})
+        return rows
+
+    def input_shape(self, config: dict[str, Any]) -> tuple[int, ...]:
+        """Shape of one input sample: ``config["input_shape"]``, else the first Linear's in_features."""
+        if "input_shape" in config:
+            return tuple(config["input_shape"])
+        from torch import nn
+
+        first = next(m for m in self.build(config).modules() if isinstance(m, nn.Linear))
+        return (first.in_features,)
+
+    def parameter_shapes(self, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {key: tuple(t.shape) for key, t in self.build(config).state_dict().items()}
+
+    def check_shapes(self, config: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raise ArchitectureError unless the checkpoint's tensors are exactly the module's."""
+        expected = self.parameter_shapes(config)
+        missing = sorted(set(expected) - set(tensor_shapes))
+        extra = sorted(set(tensor_shapes) - set(expected))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected {', '.join(extra)}")
+            raise ArchitectureError(
+                f"checkpoint tensors do not match the {self.name} config: {'; '.join(parts)}",
+                hint="a bias after the first layer or a normalization layer breaks homogeneity"
+                if extra
+                else None,
+            )
+        for key, shape in expected.items():
+            if tuple(tensor_shapes[key]) != shape:
+                raise ArchitectureError(
+                    f"tensor {key} has shape {tuple(tensor_shapes[key])}, the {self.name} config "
+                    f"expects {shape}"
+                )

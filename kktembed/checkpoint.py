@@ -1,0 +1,173 @@
+"""Safetensors checkpoints: safe reading, atomic writing, and turning a file into a Network.
+
+A checkpoint is a safetensors file whose tensors are the network's state_dict. kktembed's own files
+carry header metadata: ``format: pt``, ``kktembed.adapter``, ``kktembed.config`` (JSON that rebuilds
+the module) and optionally ``kktembed.data`` (a data file relative to the checkpoint) or
+``kktembed.dataset`` (a named data set). Plain state_dicts are claimed by an adapter through the
+``kktembed_detect_adapter`` hook. Nothing is ever unpickled. Tensors become float64 on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kktembed.errors import ArchitectureError, CheckpointError, OutputExistsError
+
+if TYPE_CHECKING:
+    import torch
+
+    from kktembed.network import Network
+
+ADAPTER_KEY = "kktembed.adapter"
+CONFIG_KEY = "kktembed.config"
+DATA_KEY = "kktembed.data"
+DATASET_KEY = "kktembed.dataset"
+
+_PICKLE_HINT = "kktembed reads safetensors only and never unpickles; convert with safetensors.torch.save_file(model.state_dict(), PATH)"
+
+
+def _sniff(path: Path, error: type[CheckpointError]) -> None:
+    """Reject missing, empty, pickle/zip and truncated files before safetensors parses them."""
+    if not path.exists():
+        raise error(f"{path}: no such file")
+    if not path.is_file():
+        raise error(f"{path}: not a file")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise error(f"{path}: looks like a PyTorch pickle (torch.save), not safetensors", hint=_PICKLE_HINT)
+    if len(head) < 8:
+        raise error(f"{path}: too short to be a safetensors file ({size} bytes)")
+    (header_length,) = struct.unpack("<Q", head)
+    if header_length == 0 or 8 + header_length > size:
+        raise error(f"{path}: not a safetensors file, or truncated (header says {header_length} bytes, file has {size})")
+
+
+def read_safetensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """Return (tensors, metadata) of a safetensors file, raising ``error`` with a clear message."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _sniff(path, error)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types, plus OSError
+        raise error(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
+    return tensors, metadata
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], force: bool = False) -> Path:
+    """Write atomically (temporary file in the same folder, then rename); refuse to overwrite unless ``force``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists", hint="pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, temporary, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _as_float64(tensors: dict[str, "torch.Tensor"], path: Path) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    converted = {}
+    for key, tensor in tensors.items():
+        if not (tensor.is_floating_point()):
+            raise CheckpointError(f"{path}: tensor {key} has dtype {tensor.dtype}, expected floating point parameters")
+        tensor = tensor.to(torch.float64)
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: tensor {key} has {bad} NaN/Inf entries", hint="the checkpoint is unusable; save a finite one")
+        converted[key] = tensor
+    return converted
+
+
+def resolve_adapter(metadata: dict[str, str], tensors: dict[str, "torch.Tensor"], hints: dict[str, Any], path: Path):
+    """Return (adapter, config) from kktembed metadata, or from the detection hook for plain files."""
+    from kktembed.plugins import adapters, get_plugin_manager
+
+    registry = adapters()
+    if ADAPTER_KEY in metadata:
+        name = metadata[ADAPTER_KEY]
+        if name not in registry:
+            raise ArchitectureError(
+                f"{path}: unknown adapter {name!r} (known: {', '.join(sorted(registry))})",
+                hint="install the plugin that provides it (see `kktembed plugins`)",
+            )
+        try:
+            config = json.loads(metadata.get(CONFIG_KEY, ""))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: metadata {CONFIG_KEY} is not valid JSON ({exc})")
+        return registry[name], config
+    shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+    detected = get_plugin_manager().hook.kktembed_detect_adapter(tensor_shapes=shapes, hints=hints)
+    if detected is None:
+        raise ArchitectureError(
+            f"{path}: no adapter recognises these tensors ({', '.join(sorted(shapes)[:6])}{', …' if len(shapes) > 6 else ''})",
+            hint="save an nn.Sequential of bias-free Linear / Conv2d layers, or install an adapter plugin",
+        )
+    name, config = detected
+    if name not in registry:
+        raise ArchitectureError(f"{path}: detection returned unknown adapter {name!r}")
+    return registry[name], config
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """(float64 tensors, metadata) of a checkpoint; rejects non-finite parameters."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)
+    return _as_float64(tensors, path), metadata
+
+
+def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], hints: dict[str, Any] | None = None) -> "Network":
+    """Turn a read checkpoint into a Network.
+
+    ``hints``: ``activation`` (user's --activation; for kktembed files it overrides the stored one),
+    ``arch_config`` (dict), ``input_shape`` (from the data).
+    """
+    from kktembed.network import Network
+
+    path = Path(path)
+    hints = dict(hints or {})
+    adapter, config = resolve_adapter(metadata, tensors, hints, path)
+    if ADAPTER_KEY in metadata and hints.get("activation"):
+        config = {**config, "activation": hints["activation"]}
+    adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
+    return Network(adapter=adapter, config=config, params=tensors, path=path, metadata=metadata)
+
+
+def load_network(path: str | Path, hints: dict[str, Any] | None = None) -> "Network":
+    """Read a checkpoint and build its float64 Network (see ``build_network`` for ``hints``)."""
+    tensors, metadata = read_checkpoint(path)
+    return build_network(path, tensors, metadata, hints)
+
+
+def checkpoint_metadata(network: "Network", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Header metadata for a kktembed checkpoint of ``network``."""
+    metadata = {"format": "pt", ADAPTER_KEY: network.adapter.name, CONFIG_KEY: json.dumps(network.config, sort_keys=True)}
+    metadata.update(extra or {})
+    return metadata
+
+
+def save_checkpoint(path: str | Path, network: "Network", extra: dict[str, str] | None = None, force: bool = False) -> Path:
+    """Write ``network`` with its adapter metadata (atomically; ``force`` to overwrite)."""
+    return write_safetensors(path, network.params, checkpoint_metadata(network, extra), force=force)

@@ -1,0 +1,61 @@
+"""The ``kktembed`` command line: one module per command, errors mapped to one ``Error:`` line.
+
+Heavy libraries (torch, cvxpy) are imported inside command bodies only, so ``--help`` and
+``plugins`` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import typer
+
+from kktembed.cli import check, inspect, plugins
+from kktembed.errors import KktembedError
+
+app = typer.Typer(
+    name="kktembed",
+    help=(
+        "KKT analysis and isometric embeddings of homogeneous neural network checkpoints.\n\n"
+        "Examples:\n\n"
+        "  kktembed check fixtures/mlp_gd_digits38.safetensors\n\n"
+        "  kktembed check model.safetensors --dataset digits:3,8 --json\n\n"
+        "  kktembed inspect model.safetensors\n\n"
+        "  kktembed plugins"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("check")(check.check)
+app.command("inspect")(inspect.inspect)
+app.command("plugins")(plugins.plugins)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def main() -> None:
+    """Entry point: run the app, turn kktembed errors into ``Error: …`` and an exit code.
+
+    Usage errors are typer's own (exit 2); typer.Exit carries --fail-above's status 3.
+    """
+    debug = os.environ.get("KKTEMBED_DEBUG") == "1"
+    if not debug:
+        warnings.showwarning = _show_warning
+    try:
+        app(prog_name="kktembed")
+    except KktembedError as exc:
+        if debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an unexpected failure still gets one line, details with KKTEMBED_DEBUG=1
+        if debug:
+            raise
+        print(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with KKTEMBED_DEBUG=1 for a traceback)", file=sys.stderr)
+        sys.exit(1)

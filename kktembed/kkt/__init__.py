@@ -1,0 +1,1 @@
+"""KKT analysis of the max-margin problem P_Φ (MATH.md §2–3)."""

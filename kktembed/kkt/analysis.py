@@ -1,0 +1,313 @@
+"""``check``: how close a checkpoint is to a KKT point of P_Φ (MATH.md §2–3).
+
+Order of work: verify the degree (Euler), margins q_k and γ̄ at θ, rescale to θ̂ (q_min(θ̂) = 1),
+candidates A_τ = {k : q_k(θ̂) ≤ 1 + τ}, Gram matrix on the candidates, multipliers λ, then the
+residuals measured directly at θ̂:
+  ε = ‖θ̂ − Σ_k λ_k ∇q_k(θ̂)‖₂   (one backward pass of Σ λ_k q_k; no Gram cancellation)
+  δ = Σ_k λ_k (q_k(θ̂) − 1),   max_k λ_k (q_k(θ̂) − 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kktembed.data import Dataset
+from kktembed.errors import UsageError
+from kktembed.homogeneity import verify_homogeneity
+from kktembed.kkt.gram import gradient_matrix, gram_matrix, weighted_margin_gradient
+from kktembed.kkt.margins import (
+    Constraints,
+    accuracy,
+    build_constraints,
+    margins,
+    margins_from_outputs,
+    normalized_margin,
+    rescale_to_unit_margin,
+)
+from kktembed.kkt.solve import MultiplierSolution, polish_l2, solve_l2, solve_lp
+from kktembed.network import Network, flatten_params
+
+PROFILE_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+VERDICTS = ("kkt", "approximate", "not_kkt", "not_separable")
+
+
+@dataclass
+class CheckOptions:
+    norm: str = "l2"
+    active_tol: float = 0.05  # τ
+    complementarity_weight: float = 0.0  # μ
+    loss: str = "exp"  # for the alignment β
+    kink_tol: float = 1e-6
+    kkt_tol: float = 1e-6
+    approx_tol: float = 0.1
+    profile: bool = True
+    max_candidates: int = 5000
+    support_tol: float = 1e-8  # λ_k counts as support if λ_k > support_tol · max λ
+
+    def validate(self) -> None:
+        if self.norm not in ("l2", "l1", "linf"):
+            raise UsageError(f"unknown norm {self.norm!r}", hint="use l2, l1 or linf")
+        if not self.active_tol >= 0 or not math.isfinite(self.active_tol):
+            raise UsageError(f"--active-tol must be a finite number ≥ 0, got {self.active_tol}")
+        if self.complementarity_weight < 0:
+            raise UsageError("--complementarity-weight must be ≥ 0")
+        if self.loss not in ("exp", "logistic"):
+            raise UsageError(f"unknown loss {self.loss!r}", hint="use exp or logistic")
+        if not 0 < self.kkt_tol <= self.approx_tol:
+            raise UsageError("need 0 < --kkt-tol ≤ --approx-tol")
+
+
+@dataclass
+class ProfileRow:
+    active_tol: float
+    n_candidates: int
+    n_support: int | None
+    relative_stationarity_residual: float | None
+    complementarity_residual: float | None
+    note: str = ""
+
+
+@dataclass
+class CheckResult:
+    adapter: str
+    activation: str | None
+    degree: int
+    euler_error: float
+    scaling_error: float
+    n_samples: int
+    n_constraints: int
+    n_parameters: int
+    accuracy: float
+    q_min: float
+    normalized_margin: float
+    theta_norm: float
+    verdict: str
+    theta_hat_norm: float | None = None
+    active_tol: float | None = None
+    n_candidates: int | None = None
+    n_support: int | None = None
+    stationarity_residual: float | None = None
+    relative_stationarity_residual: float | None = None
+    complementarity_residual: float | None = None
+    max_complementarity_residual: float | None = None
+    relative_complementarity_residual: float | None = None
+    multiplier_sum: float | None = None
+    norm: str | None = None
+    norm_residual: float | None = None
+    alignment: float | None = None
+    loss: str | None = None
+    n_support_near_kink: int | None = None
+    n_preactivations_near_kink: int | None = None
+    solver: str | None = None
+    solver_status: str | None = None
+    solver_seconds: float | None = None
+    gram_seconds: float | None = None
+    polished: bool | None = None
+    kkt_tol: float | None = None
+    approx_tol: float | None = None
+    profile: list[ProfileRow] = field(default_factory=list)
+    multipliers: torch.Tensor | None = None  # λ over all constraints (not in to_dict)
+    constraint_index: torch.Tensor | None = None
+
+    def to_dict(self) -> dict:
+        result = {key: value for key, value in self.__dict__.items() if key not in ("multipliers", "constraint_index", "profile")}
+        result["profile"] = [row.__dict__ for row in self.profile]
+        return result
+
+
+def verdict_for(relative_epsilon: float, relative_delta: float, options: CheckOptions) -> str:
+    """kkt if ε/‖θ̂‖ ≤ kkt_tol and δ/Σλ ≤ kkt_tol; approximate if both ≤ approx_tol; else not_kkt."""
+    worst = max(relative_epsilon, relative_delta)
+    if worst <= options.kkt_tol:
+        return "kkt"
+    if worst <= options.approx_tol:
+        return "approximate"
+    return "not_kkt"
+
+
+def loss_weights(q: torch.Tensor, loss: str) -> torch.Tensor:
+    """−ℓ'(q_k) up to one positive factor (irrelevant for a direction): exp: e^{−(q−q_min)};
+    logistic: σ(−q) = e^{−softplus(q)}, shifted in log space the same way."""
+    log_weights = -q if loss == "exp" else -torch.nn.functional.softplus(q)
+    return torch.exp(log_weights - log_weights.max())
+
+
+def alignment(network: Network, x: torch.Tensor, constraints: Constraints, q: torch.Tensor, loss: str) -> float:
+    """β = cos∠(θ, −∇𝓛(θ)), 𝓛 = Σ_k ℓ(q_k) over all constraints (MATH.md §2, Ji & Telgarsky)."""
+    descent = flatten_params(weighted_margin_gradient(network, x, constraints, loss_weights(q, loss), network.params))
+    theta = flatten_params(network.params)
+    denominator = float(theta.norm() * descent.norm())
+    return float(theta @ descent) / denominator if denominator > 0 else float("nan")
+
+
+def stationarity_residual(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict) -> float:
+    """ε = ‖θ̂ − Σ_k λ_k ∇q_k(θ̂)‖₂ (MATH.md §2), by one backward pass of Σ λ_k q_k."""
+    combination = weighted_margin_gradient(network, x, constraints, multipliers, theta_hat)
+    return float((flatten_params(theta_hat) - flatten_params(combination)).norm())
+
+
+def kink_counts(network: Network, x: torch.Tensor, params: dict, tol: float) -> tuple[torch.Tensor, int]:
+    """For each row of ``x``: does any ReLU / leaky-ReLU pre-activation satisfy |z| ≤ tol · max|z| of
+    its layer (over these rows)? There autograd's subgradient choice (ReLU'(0) = 0) may be the
+    wrong element of ∂° (MATH.md §2). Returns (per-row flags, total near-kink pre-activations)."""
+    captured: list[torch.Tensor] = []
+    handles = [
+        module.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+        for module in network.module.modules()
+        if isinstance(module, (torch.nn.ReLU, torch.nn.LeakyReLU))
+    ]
+    try:
+        with torch.no_grad():
+            network.forward(x, params)
+    finally:
+        for handle in handles:
+            handle.remove()
+    flags = torch.zeros(x.shape[0], dtype=torch.bool)
+    total = 0
+    for pre in captured:
+        pre = pre.reshape(pre.shape[0], -1)
+        near = pre.abs() <= tol * pre.abs().max()
+        flags |= near.any(dim=1)
+        total += int(near.sum())
+    return flags, total
+
+
+def _solve(options, gram, q_hat, theta_hat, theta_norm_sq, network, x, constraints, degree):
+    """Multipliers on the candidate constraints with the chosen norm (MATH.md §3)."""
+    excess = (q_hat - 1.0).numpy()
+    b = degree * q_hat.numpy()  # b = Gᵀθ̂ = L q(θ̂), Euler's identity
+    if options.norm == "l2":
+        return solve_l2(gram, b, theta_norm_sq, excess, options.complementarity_weight)
+    gradients = gradient_matrix(network, x, constraints, theta_hat).numpy()
+    return solve_lp(gradients, flatten_params(theta_hat).numpy(), excess, options.norm, options.complementarity_weight)
+
+
+def check_network(
+    network: Network, dataset: Dataset, options: CheckOptions | None = None, on_step: Callable[[str], None] | None = None
+) -> CheckResult:
+    """The full KKT analysis of MATH.md §2–3 for ``network`` on ``dataset``."""
+    options = options or CheckOptions()
+    options.validate()
+    step = on_step or (lambda message: None)
+    x, degree = dataset.x, network.degree
+
+    step("verifying homogeneity (scaling and Euler's identity)")
+    homogeneity = verify_homogeneity(network, x[:512])
+    outputs = network.forward(x)
+    constraints = build_constraints(dataset.y, outputs.shape[1])
+    q = margins_from_outputs(outputs, constraints)
+    q_min, theta_norm = float(q.min()), network.norm()
+    result = CheckResult(
+        adapter=network.adapter.name,
+        activation=network.config.get("activation"),
+        degree=degree,
+        euler_error=homogeneity.euler_error,
+        scaling_error=homogeneity.scaling_error,
+        n_samples=dataset.n_samples,
+        n_constraints=len(constraints),
+        n_parameters=network.n_parameters,
+        accuracy=accuracy(outputs, dataset.y),
+        q_min=q_min,
+        normalized_margin=normalized_margin(q_min, theta_norm, degree),
+        theta_norm=theta_norm,
+        verdict="not_separable",
+        loss=options.loss,
+        kkt_tol=options.kkt_tol,
+        approx_tol=options.approx_tol,
+    )
+    step("alignment with the loss gradient")
+    result.alignment = alignment(network, x, constraints, q, options.loss)
+    if q_min <= 0:
+        return result
+
+    theta_hat = rescale_to_unit_margin(network.params, q_min, degree)
+    q_hat = margins(network, x, constraints, theta_hat)
+    theta_hat_norm = network.norm(theta_hat)
+    result.theta_hat_norm, result.active_tol, result.norm = theta_hat_norm, options.active_tol, options.norm
+
+    ladder = sorted({options.active_tol, *(PROFILE_TOLS if options.profile else ())})
+    widest = max((tol for tol in ladder if int((q_hat <= 1 + tol).sum()) <= options.max_candidates), default=None)
+    if widest is None or widest < options.active_tol:
+        raise UsageError(
+            f"{int((q_hat <= 1 + options.active_tol).sum())} candidate constraints at --active-tol {options.active_tol} "
+            f"exceed --max-candidates {options.max_candidates}",
+            hint="lower --active-tol or raise --max-candidates",
+        )
+    pool = torch.nonzero(q_hat <= 1 + widest).reshape(-1)
+    step(f"Gram matrix of {len(pool)} candidate constraints")
+    started = time.perf_counter()
+    pool_gram = gram_matrix(network, x, constraints.subset(pool), theta_hat).numpy()
+    result.gram_seconds = time.perf_counter() - started
+
+    def analyse(tol: float, norm_options: CheckOptions) -> tuple[MultiplierSolution, torch.Tensor, float]:
+        inside = (q_hat[pool] <= 1 + tol).numpy()
+        candidates = pool[torch.from_numpy(inside)]
+        solution = _solve(
+            norm_options,
+            pool_gram[np.ix_(inside, inside)],
+            q_hat[candidates],
+            theta_hat,
+            theta_hat_norm**2,
+            network,
+            x,
+            constraints.subset(candidates),
+            degree,
+        )
+        full = torch.zeros(len(constraints), dtype=torch.float64)
+        full[candidates] = torch.from_numpy(solution.multipliers)
+        epsilon = stationarity_residual(network, x, constraints, full, theta_hat)
+        if norm_options.norm == "l2" and norm_options.complementarity_weight == 0:
+            refined = polish_l2(pool_gram[np.ix_(inside, inside)], degree * q_hat[candidates].numpy(), solution.multipliers)
+            if refined is not None:
+                refined_full = torch.zeros_like(full)
+                refined_full[candidates] = torch.from_numpy(refined)
+                refined_epsilon = stationarity_residual(network, x, constraints, refined_full, theta_hat)
+                if refined_epsilon < epsilon:
+                    full, epsilon, solution.polished = refined_full, refined_epsilon, True
+        return solution, full, epsilon
+
+    step(f"solving the {options.norm} multiplier problem")
+    solution, lam, epsilon = analyse(options.active_tol, options)
+    complementarity = lam * (q_hat - 1.0)
+    multiplier_sum = float(lam.sum())
+    support = lam > options.support_tol * float(lam.max()) if multiplier_sum > 0 else torch.zeros_like(lam, dtype=torch.bool)
+    result.n_candidates = int((q_hat <= 1 + options.active_tol).sum())
+    result.n_support = int(support.sum())
+    result.stationarity_residual = epsilon
+    result.relative_stationarity_residual = epsilon / theta_hat_norm
+    result.complementarity_residual = float(complementarity.sum())
+    result.max_complementarity_residual = float(complementarity.max())
+    result.relative_complementarity_residual = float(complementarity.sum()) / multiplier_sum if multiplier_sum > 0 else 0.0
+    result.multiplier_sum = multiplier_sum
+    result.norm_residual = solution.objective
+    result.solver, result.solver_status, result.solver_seconds = solution.solver, solution.status, solution.seconds
+    result.polished = solution.polished
+    result.multipliers, result.constraint_index = lam, constraints.index_table()
+    support_samples = torch.unique(constraints.sample[support])
+    if len(support_samples):
+        flags, total = kink_counts(network, x[support_samples], theta_hat, options.kink_tol)
+        near_samples = set(support_samples[flags].tolist())
+        result.n_support_near_kink = sum(1 for k in constraints.sample[support].tolist() if k in near_samples)
+        result.n_preactivations_near_kink = total
+    result.verdict = verdict_for(result.relative_stationarity_residual, result.relative_complementarity_residual, options)
+
+    if options.profile:
+        step("active-set profile")
+        l2_options = CheckOptions(**{**options.__dict__, "norm": "l2"})
+        for tol in ladder:
+            n_candidates = int((q_hat <= 1 + tol).sum())
+            if tol > widest:
+                result.profile.append(ProfileRow(tol, n_candidates, None, None, None, f"skipped: > --max-candidates"))
+                continue
+            _, row_lambda, row_epsilon = analyse(tol, l2_options)
+            row_support = int((row_lambda > options.support_tol * float(row_lambda.max())).sum()) if row_lambda.sum() > 0 else 0
+            result.profile.append(
+                ProfileRow(tol, n_candidates, row_support, row_epsilon / theta_hat_norm, float((row_lambda * (q_hat - 1)).sum()))
+            )
+    return result

@@ -1,0 +1,170 @@
+"""One Output object: rich tables for people, or one JSON object for scripts (``--json``).
+
+Data go to stdout; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: NaN becomes null, ±inf a string, tuples lists."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers for tables: scientific notation for small/large magnitudes."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+VERDICT_STYLE = {"kkt": "bold green", "approximate": "bold yellow", "not_kkt": "bold red", "not_separable": "bold red"}
+
+
+class Output:
+    def __init__(self, json_output: bool = False):
+        self.json_output = json_output
+
+    def _json(self, payload: dict) -> None:
+        sys.stdout.write(json.dumps(_plain(payload), indent=2) + "\n")
+
+    def _console(self):
+        from rich.console import Console
+
+        return Console()
+
+    @staticmethod
+    def _table(title: str, rows: list[tuple[str, str]]):
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("quantity", style="bold")
+        table.add_column("value", justify="right")
+        for name, value in rows:
+            table.add_row(name, value)
+        return table
+
+    def check(self, result, checkpoint: str, data: str) -> None:
+        payload = {"checkpoint": checkpoint, "data": data, **result.to_dict()}
+        if self.json_output:
+            self._json(payload)
+            return
+        from rich.table import Table
+
+        console = self._console()
+        r = result
+        rows = [
+            ("checkpoint", checkpoint),
+            ("data", data),
+            ("adapter / activation", f"{r.adapter} / {r.activation or '–'}"),
+            ("degree L (Euler error)", f"{r.degree} ({fmt(r.euler_error, 2)})"),
+            ("parameters p", fmt(r.n_parameters)),
+            ("samples / constraints", f"{fmt(r.n_samples)} / {fmt(r.n_constraints)}"),
+            ("training accuracy", f"{r.accuracy:.4f}"),
+            ("q_min", fmt(r.q_min)),
+            ("‖θ‖", fmt(r.theta_norm)),
+            ("normalized margin γ̄ = q_min/‖θ‖^L", fmt(r.normalized_margin)),
+            (f"alignment β ({r.loss} loss)", fmt(r.alignment, 6)),
+        ]
+        if r.verdict != "not_separable" or r.theta_hat_norm is not None:
+            rows += [
+                ("‖θ̂‖ (θ̂ = θ/q_min^{1/L})", fmt(r.theta_hat_norm)),
+                (f"candidates (q ≤ 1 + {r.active_tol:g})", fmt(r.n_candidates)),
+                ("support (λ > 0)", fmt(r.n_support)),
+                ("stationarity ε", fmt(r.stationarity_residual)),
+                ("ε / ‖θ̂‖", fmt(r.relative_stationarity_residual)),
+                ("complementarity δ = Σ λ(q−1)", fmt(r.complementarity_residual)),
+                ("max λ(q−1)", fmt(r.max_complementarity_residual)),
+                ("δ / Σλ", fmt(r.relative_complementarity_residual)),
+                ("support constraints near a ReLU kink", f"{fmt(r.n_support_near_kink)} ({fmt(r.n_preactivations_near_kink)} pre-activations)"),
+                (f"solver ({r.norm})", f"{r.solver} {r.solver_status}{', polished' if r.polished else ''}, {r.solver_seconds:.3f} s (Gram {r.gram_seconds:.3f} s)"),
+            ]
+        console.print(self._table("kktembed check", rows))
+        if r.profile:
+            table = Table(title="active-set profile (ℓ2)", title_justify="left")
+            for column in ("τ", "candidates", "support", "ε/‖θ̂‖", "δ"):
+                table.add_column(column, justify="right")
+            for row in r.profile:
+                if row.note:
+                    table.add_row(f"{row.active_tol:g}", fmt(row.n_candidates), row.note, "", "")
+                else:
+                    table.add_row(
+                        f"{row.active_tol:g}", fmt(row.n_candidates), fmt(row.n_support), fmt(row.relative_stationarity_residual), fmt(row.complementarity_residual)
+                    )
+            console.print(table)
+        explanation = {
+            "kkt": f"ε/‖θ̂‖ and δ/Σλ ≤ {r.kkt_tol:g}",
+            "approximate": f"ε/‖θ̂‖ and δ/Σλ ≤ {r.approx_tol:g}",
+            "not_kkt": f"ε/‖θ̂‖ or δ/Σλ > {r.approx_tol:g}",
+            "not_separable": "q_min ≤ 0: the data are not separated, no KKT analysis is possible",
+        }[r.verdict]
+        console.print(f"verdict: [{VERDICT_STYLE[r.verdict]}]{r.verdict}[/] ({explanation})")
+
+    def inspect(self, summary: dict) -> None:
+        if self.json_output:
+            self._json(summary)
+            return
+        from rich.table import Table
+
+        console = self._console()
+        rows = [
+            ("checkpoint", summary["checkpoint"]),
+            ("adapter", summary["adapter"]),
+            ("activation", str(summary["activation"])),
+            ("input shape → outputs", f"{tuple(summary['input_shape'])} → {summary['output_dim']}"),
+            ("parameters", fmt(summary["n_parameters"])),
+            ("‖θ‖", fmt(summary["theta_norm"])),
+            ("degree L", str(summary["degree"])),
+            ("scaling / Euler error", f"{fmt(summary['scaling_error'], 2)} / {fmt(summary['euler_error'], 2)}"),
+            ("homogeneous", fmt(summary["homogeneous"])),
+            ("hidden layers (units)", ", ".join(f"{h['name']}: {h['width']}" for h in summary["hidden_layers"]) or "none"),
+        ]
+        if summary["data"]:
+            data = summary["data"]
+            rows.append(("data", f"{data['source']}: {data['n_samples']} samples, labels {data['labels']}"))
+        console.print(self._table("kktembed inspect", rows))
+        table = Table(title="layers", title_justify="left")
+        for column in ("name", "kind", "parameters"):
+            table.add_column(column)
+        for layer in summary["layers"]:
+            table.add_row(layer["name"], layer["kind"], fmt(layer["parameters"]))
+        console.print(table)
+
+    def plugins(self, infos: list[dict]) -> None:
+        if self.json_output:
+            self._json({"plugins": infos})
+            return
+        from rich.table import Table
+
+        table = Table(title="kktembed plugins", title_justify="left")
+        for column in ("plugin", "version", "adapters", "split strategies", "data sets"):
+            table.add_column(column)
+        for info in infos:
+            name = info["name"] + (" (built-in)" if info["builtin"] else "")
+            table.add_row(name, info["version"], ", ".join(info["adapters"]), ", ".join(info["strategies"]), ", ".join(info["datasets"]))
+        self._console().print(table)
