@@ -98,11 +98,12 @@ class Output:
                 ("support (λ > 0)", fmt(r.n_support)),
                 ("stationarity ε", fmt(r.stationarity_residual)),
                 ("ε / ‖θ̂‖", fmt(r.relative_stationarity_residual)),
+                *([(f"‖θ̂ − Σλ∇q‖ in {r.norm}", fmt(r.norm_residual))] if r.norm != "l2" else []),
                 ("complementarity δ = Σ λ(q−1)", fmt(r.complementarity_residual)),
                 ("max λ(q−1)", fmt(r.max_complementarity_residual)),
                 ("δ / Σλ", fmt(r.relative_complementarity_residual)),
                 ("support constraints near a ReLU kink", f"{fmt(r.n_support_near_kink)} ({fmt(r.n_preactivations_near_kink)} pre-activations)"),
-                (f"solver ({r.norm})", f"{r.solver} {r.solver_status}{', polished' if r.polished else ''}, {r.solver_seconds:.3f} s (Gram {r.gram_seconds:.3f} s)"),
+                (f"solver ({r.norm})", f"{r.solver} {r.solver_status}{', refined' if r.refined else ''}, {r.solver_seconds:.3f} s (Gram {r.gram_seconds:.3f} s)"),
             ]
         console.print(self._table("kktembed check", rows))
         if r.profile:

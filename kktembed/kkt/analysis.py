@@ -30,11 +30,13 @@ from kktembed.kkt.margins import (
     normalized_margin,
     rescale_to_unit_margin,
 )
-from kktembed.kkt.solve import MultiplierSolution, polish_l2, solve_l2, solve_lp
+from kktembed.kkt.solve import MultiplierSolution, most_complementary_l2, most_complementary_lp, polish_l2, solve_l2, solve_lp
 from kktembed.network import Network, flatten_params
 
 PROFILE_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 VERDICTS = ("kkt", "approximate", "not_kkt", "not_separable")
+# Multipliers minimise ε; among those within EPSILON_ALLOWANCE·‖θ̂‖ of the minimum, the smallest δ wins.
+EPSILON_ALLOWANCE = 1e-9
 
 
 @dataclass
@@ -108,7 +110,7 @@ class CheckResult:
     solver_status: str | None = None
     solver_seconds: float | None = None
     gram_seconds: float | None = None
-    polished: bool | None = None
+    refined: bool | None = None
     kkt_tol: float | None = None
     approx_tol: float | None = None
     profile: list[ProfileRow] = field(default_factory=list)
@@ -146,10 +148,15 @@ def alignment(network: Network, x: torch.Tensor, constraints: Constraints, q: to
     return float(theta @ descent) / denominator if denominator > 0 else float("nan")
 
 
-def stationarity_residual(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict) -> float:
-    """ε = ‖θ̂ − Σ_k λ_k ∇q_k(θ̂)‖₂ (MATH.md §2), by one backward pass of Σ λ_k q_k."""
+def stationarity_vector(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict) -> torch.Tensor:
+    """θ̂ − Σ_k λ_k ∇q_k(θ̂) (MATH.md §2), by one backward pass of Σ λ_k q_k."""
     combination = weighted_margin_gradient(network, x, constraints, multipliers, theta_hat)
-    return float((flatten_params(theta_hat) - flatten_params(combination)).norm())
+    return flatten_params(theta_hat) - flatten_params(combination)
+
+
+def stationarity_residual(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict) -> float:
+    """ε = ‖θ̂ − Σ_k λ_k ∇q_k(θ̂)‖₂ (MATH.md §2)."""
+    return float(stationarity_vector(network, x, constraints, multipliers, theta_hat).norm())
 
 
 def kink_counts(network: Network, x: torch.Tensor, params: dict, tol: float) -> tuple[torch.Tensor, int]:
@@ -178,14 +185,41 @@ def kink_counts(network: Network, x: torch.Tensor, params: dict, tol: float) -> 
     return flags, total
 
 
-def _solve(options, gram, q_hat, theta_hat, theta_norm_sq, network, x, constraints, degree):
-    """Multipliers on the candidate constraints with the chosen norm (MATH.md §3)."""
+NORM_ORDER = {"l2": 2.0, "l1": 1.0, "linf": float("inf")}
+
+
+def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network, x, constraints, degree) -> tuple[MultiplierSolution, list[np.ndarray]]:
+    """Multipliers on the candidate constraints with the chosen norm (MATH.md §3): the solver's λ
+    first, then refinements (with μ = 0): the most complementary λ among those with (almost) the
+    optimal residual, and for ℓ2 the active-set polish of each."""
     excess = (q_hat - 1.0).numpy()
     b = degree * q_hat.numpy()  # b = Gᵀθ̂ = L q(θ̂), Euler's identity
+    refine = options.complementarity_weight == 0
     if options.norm == "l2":
-        return solve_l2(gram, b, theta_norm_sq, excess, options.complementarity_weight)
+        solution = solve_l2(gram, b, theta_hat_norm**2, excess, options.complementarity_weight)
+        return solution, [solution.multipliers] + (refined_multipliers(gram, q_hat.numpy(), degree, theta_hat_norm, solution) if refine else [])
     gradients = gradient_matrix(network, x, constraints, theta_hat).numpy()
-    return solve_lp(gradients, flatten_params(theta_hat).numpy(), excess, options.norm, options.complementarity_weight)
+    theta_vector = flatten_params(theta_hat).numpy()
+    solution = solve_lp(gradients, theta_vector, excess, options.norm, options.complementarity_weight)
+    trials = [solution.multipliers]
+    if refine:
+        scale = float(np.linalg.norm(theta_vector, ord=NORM_ORDER[options.norm]))
+        complementary = most_complementary_lp(gradients, theta_vector, excess, options.norm, solution.objective + 0.5 * EPSILON_ALLOWANCE * scale)
+        trials += [complementary] if complementary is not None else []
+    return solution, trials
+
+
+def refined_multipliers(gram: np.ndarray, q_candidates: np.ndarray, degree: int, theta_hat_norm: float, solution: MultiplierSolution) -> list[np.ndarray]:
+    """Refinements of an ℓ2 QP solution (MATH.md §3), each to be measured directly:
+    the active-set polish of λ, the most complementary λ among those with (almost) the optimal
+    residual, and its polish."""
+    b, excess = degree * q_candidates, q_candidates - 1.0
+    first_residual_sq = (solution.objective + 0.5 * EPSILON_ALLOWANCE * theta_hat_norm) ** 2
+    refined = [polish_l2(gram, b, solution.multipliers)]
+    complementary = most_complementary_l2(gram, b, theta_hat_norm**2, excess, first_residual_sq)
+    if complementary is not None:
+        refined += [complementary, polish_l2(gram, b, complementary)]
+    return [multipliers for multipliers in refined if multipliers is not None]
 
 
 def check_network(
@@ -246,30 +280,25 @@ def check_network(
     result.gram_seconds = time.perf_counter() - started
 
     def analyse(tol: float, norm_options: CheckOptions) -> tuple[MultiplierSolution, torch.Tensor, float]:
+        """Solve on A_τ; keep the trial with the smallest residual in the chosen norm, and among those
+        within EPSILON_ALLOWANCE (relative) of it, the smallest δ. Returns (solution, λ, ε)."""
         inside = (q_hat[pool] <= 1 + tol).numpy()
         candidates = pool[torch.from_numpy(inside)]
-        solution = _solve(
-            norm_options,
-            pool_gram[np.ix_(inside, inside)],
-            q_hat[candidates],
-            theta_hat,
-            theta_hat_norm**2,
-            network,
-            x,
-            constraints.subset(candidates),
-            degree,
+        solution, trials = _multiplier_trials(
+            norm_options, pool_gram[np.ix_(inside, inside)], q_hat[candidates], theta_hat, theta_hat_norm, network, x, constraints.subset(candidates), degree
         )
-        full = torch.zeros(len(constraints), dtype=torch.float64)
-        full[candidates] = torch.from_numpy(solution.multipliers)
-        epsilon = stationarity_residual(network, x, constraints, full, theta_hat)
-        if norm_options.norm == "l2" and norm_options.complementarity_weight == 0:
-            refined = polish_l2(pool_gram[np.ix_(inside, inside)], degree * q_hat[candidates].numpy(), solution.multipliers)
-            if refined is not None:
-                refined_full = torch.zeros_like(full)
-                refined_full[candidates] = torch.from_numpy(refined)
-                refined_epsilon = stationarity_residual(network, x, constraints, refined_full, theta_hat)
-                if refined_epsilon < epsilon:
-                    full, epsilon, solution.polished = refined_full, refined_epsilon, True
+        order = NORM_ORDER[norm_options.norm]
+        scale = float(torch.linalg.vector_norm(flatten_params(theta_hat), ord=order))
+        measured = []
+        for multipliers in trials:
+            full = torch.zeros(len(constraints), dtype=torch.float64)
+            full[candidates] = torch.from_numpy(multipliers)
+            residual = stationarity_vector(network, x, constraints, full, theta_hat)
+            measured.append((float(torch.linalg.vector_norm(residual, ord=order)), float((full * (q_hat - 1)).sum()), full, float(residual.norm())))
+        best = min(entry[0] for entry in measured)
+        eligible = [entry for entry in measured if entry[0] <= best + EPSILON_ALLOWANCE * scale]
+        _, _, full, epsilon = min(eligible, key=lambda entry: entry[1])
+        solution.refined = full is not measured[0][2]
         return solution, full, epsilon
 
     step(f"solving the {options.norm} multiplier problem")
@@ -285,9 +314,9 @@ def check_network(
     result.max_complementarity_residual = float(complementarity.max())
     result.relative_complementarity_residual = float(complementarity.sum()) / multiplier_sum if multiplier_sum > 0 else 0.0
     result.multiplier_sum = multiplier_sum
-    result.norm_residual = solution.objective
+    result.norm_residual = float(torch.linalg.vector_norm(stationarity_vector(network, x, constraints, lam, theta_hat), ord=NORM_ORDER[options.norm]))
     result.solver, result.solver_status, result.solver_seconds = solution.solver, solution.status, solution.seconds
-    result.polished = solution.polished
+    result.refined = solution.refined
     result.multipliers, result.constraint_index = lam, constraints.index_table()
     support_samples = torch.unique(constraints.sample[support])
     if len(support_samples):

@@ -10,7 +10,11 @@ A solver status other than optimal raises SolverError.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +31,23 @@ class MultiplierSolution:
     status: str
     seconds: float
     objective: float  # the solved norm of θ̂ − Gλ (ℓ2: from the Gram expansion, guarded at 0)
-    polished: bool = False
+    refined: bool = False
+
+
+@contextlib.contextmanager
+def native_stdout_silenced():
+    """HiGHS prints a banner from C++ straight to file descriptor 1, which would corrupt ``--json``
+    output; point fd 1 at /dev/null while a solver runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _solve(problem, solver: str, label: str) -> tuple[str, float]:
@@ -35,7 +55,8 @@ def _solve(problem, solver: str, label: str) -> tuple[str, float]:
 
     started = time.perf_counter()
     try:
-        problem.solve(solver=solver)
+        with native_stdout_silenced():
+            problem.solve(solver=solver)
     except cp.error.SolverError as exc:
         raise SolverError(f"{label}: solver {solver} failed ({exc})", hint="try --norm l2 or a smaller --active-tol")
     seconds = time.perf_counter() - started
@@ -58,6 +79,45 @@ def solve_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.n
     status, seconds = _solve(problem, cp.CLARABEL, "ℓ2 multiplier QP")
     multipliers = np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
     return MultiplierSolution(multipliers, "CLARABEL", status, seconds, _l2_residual(gram, b, theta_norm_sq, multipliers))
+
+
+def most_complementary_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.ndarray, residual_sq: float) -> np.ndarray | None:
+    """Second, lexicographic stage: among λ ≥ 0 with ‖θ̂ − Gλ‖² ≤ ``residual_sq`` (the first stage's
+    optimum plus a small allowance), minimise δ = Σ λ_k (q_k − 1). When the optimal ε is attained by
+    many λ (degenerate supports), the first stage's interior point spreads λ over all of them and
+    reports a δ that the point does not deserve. Returns None if the solver does not succeed."""
+    import cvxpy as cp
+
+    lam = cp.Variable(len(b), nonneg=True)
+    constraint = cp.quad_form(lam, cp.psd_wrap(gram)) - 2 * b @ lam + theta_norm_sq <= residual_sq
+    problem = cp.Problem(cp.Minimize(excess @ lam), [constraint])
+    try:
+        with warnings.catch_warnings():  # an inaccurate second stage is discarded, not reported
+            warnings.simplefilter("ignore")
+            problem.solve(solver=cp.CLARABEL)
+    except cp.error.SolverError:
+        return None
+    if problem.status != cp.OPTIMAL or lam.value is None:
+        return None
+    return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
+
+
+def most_complementary_lp(gradients: np.ndarray, theta_hat: np.ndarray, excess: np.ndarray, norm: str, bound: float) -> np.ndarray | None:
+    """The lexicographic second stage for the ℓ1/ℓ∞ LPs: min δ s.t. ‖θ̂ − Gλ‖ ≤ ``bound``."""
+    import cvxpy as cp
+
+    lam = cp.Variable(gradients.shape[1], nonneg=True)
+    residual = theta_hat - gradients @ lam
+    measure = cp.norm1(residual) if norm == "l1" else cp.norm_inf(residual)
+    problem = cp.Problem(cp.Minimize(excess @ lam), [measure <= bound])
+    try:
+        with native_stdout_silenced():
+            problem.solve(solver=cp.HIGHS)
+    except cp.error.SolverError:
+        return None
+    if problem.status != cp.OPTIMAL or lam.value is None:
+        return None
+    return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
 
 
 def _l2_residual(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, multipliers: np.ndarray) -> float:
