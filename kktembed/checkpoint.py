@@ -132,10 +132,8 @@ def resolve_adapter(metadata: dict[str, str], tensors: dict[str, "torch.Tensor"]
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
-    """(float64 tensors, metadata) of a checkpoint; rejects non-finite parameters."""
-    path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    return _as_float64(tensors, path), metadata
+    """(tensors as stored, metadata) of a checkpoint; ``build_network`` converts and validates them."""
+    return read_safetensors(Path(path))
 
 
 def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], hints: dict[str, Any] | None = None) -> "Network":
@@ -152,6 +150,7 @@ def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata
     if ADAPTER_KEY in metadata and hints.get("activation"):
         config = {**config, "activation": hints["activation"]}
     adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
+    tensors = _as_float64(tensors, path)
     return Network(adapter=adapter, config=config, params=tensors, path=path, metadata=metadata)
 
 

@@ -54,6 +54,9 @@ def _kktembed_version() -> str:
     return __version__
 
 
+_entry_point_versions: dict[str, str] = {}
+
+
 @lru_cache(maxsize=1)
 def get_plugin_manager() -> pluggy.PluginManager:
     """Build the manager: hook specs, built-ins, then the allowed entry-point plugins."""
@@ -68,6 +71,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         try:
             plugin = entry_point.load()
             manager.register(plugin, name=entry_point.name)
+            _entry_point_versions[entry_point.name] = entry_point.dist.version if entry_point.dist else "unknown"
         except Exception as exc:  # a broken plugin must not break every command
             warnings.warn(
                 f"plugin {entry_point.name!r} ({entry_point.value}) failed to load and was skipped: "
@@ -82,10 +86,7 @@ def _plugin_version(manager: pluggy.PluginManager, plugin) -> tuple[str, bool]:
     name = manager.get_name(plugin)
     if name in BUILTIN_PLUGINS:
         return _kktembed_version(), True
-    for dist, plugin_object in manager.list_plugin_distinfo():
-        if plugin_object is plugin:
-            return dist.version, False
-    return "unknown", False
+    return _entry_point_versions.get(name, "unknown"), False
 
 
 def _collect(hook_caller, kind: str) -> dict[str, list]:
@@ -191,5 +192,6 @@ def plugin_infos() -> list[PluginInfo]:
 
 def reset_plugin_manager() -> None:
     """Forget the cached manager and registries (tests, or after changing KKTEMBED_LOAD_PLUGINS)."""
+    _entry_point_versions.clear()
     for cached in (get_plugin_manager, _adapters_by_plugin, _strategies_by_plugin, _datasets_by_plugin):
         cached.cache_clear()

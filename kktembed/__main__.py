@@ -1,0 +1,3 @@
+from kktembed.cli import main
+
+main()
