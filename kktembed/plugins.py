@@ -172,6 +172,7 @@ def plugin_infos() -> list[PluginInfo]:
         _strategies_by_plugin(),
         _datasets_by_plugin(),
     )
+    adapters(), split_strategies(), datasets()  # warns about duplicate names, as every command would
     infos = []
     for plugin in manager.get_plugins():
         name = manager.get_name(plugin)
