@@ -70,9 +70,10 @@ def constraint_gradients(
     """
     keys = list(params) if keys is None else keys
     fixed = {key: value for key, value in params.items() if key not in keys}
+    module = network.module  # built here, not lazily inside vmap
 
     def margin_of_one(free, x_one, signal_one):
-        output = torch.func.functional_call(network.module, {**fixed, **free}, (x_one.unsqueeze(0),))
+        output = torch.func.functional_call(module, {**fixed, **free}, (x_one.unsqueeze(0),))
         return (output.reshape(-1) * signal_one).sum()
 
     per_constraint = torch.func.vmap(torch.func.grad(margin_of_one), in_dims=(None, 0, 0))
