@@ -39,14 +39,16 @@ def _sniff(path: Path, error: type[CheckpointError]) -> None:
         raise error(f"{path}: not a file")
     size = path.stat().st_size
     with path.open("rb") as handle:
-        head = handle.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = handle.read(9)
+    (header_length,) = struct.unpack("<Q", head[:8]) if len(head) >= 8 else (0,)
+    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{" and 0 < header_length and 8 + header_length <= size
+    if looks_like_safetensors:
+        return
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
         raise error(f"{path}: looks like a PyTorch pickle (torch.save), not safetensors", hint=_PICKLE_HINT)
-    if len(head) < 8:
-        raise error(f"{path}: too short to be a safetensors file ({size} bytes)")
-    (header_length,) = struct.unpack("<Q", head)
-    if header_length == 0 or 8 + header_length > size:
-        raise error(f"{path}: not a safetensors file, or truncated (header says {header_length} bytes, file has {size})")
+    if len(head) == 9 and head[8:9] == b"{":
+        raise error(f"{path}: truncated safetensors file (header says {header_length} bytes, file has {size})")
+    raise error(f"{path}: not a safetensors file, or truncated ({size} bytes)")
 
 
 def read_safetensors(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
