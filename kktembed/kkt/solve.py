@@ -55,7 +55,9 @@ def _solve(problem, solver: str, label: str) -> tuple[str, float]:
 
     started = time.perf_counter()
     try:
-        with native_stdout_silenced():
+        with native_stdout_silenced(), warnings.catch_warnings():
+            # cvxpy's bound propagation multiplies 0 by inf on unbounded variables; harmless noise
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy")
             problem.solve(solver=solver)
     except cp.error.SolverError as exc:
         raise SolverError(f"{label}: solver {solver} failed ({exc})", hint="try --norm l2 or a smaller --active-tol")
