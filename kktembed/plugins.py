@@ -22,6 +22,7 @@ from kktembed import hookspecs
 
 BUILTIN_PLUGINS = (
     "kktembed.adapters.builtin",
+    "kktembed.strategies.builtin",
     "kktembed.datasets",
 )
 ENTRY_POINT_GROUP = "kktembed"

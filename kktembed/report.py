@@ -156,6 +156,91 @@ class Output:
             table.add_row(layer["name"], layer["kind"], fmt(layer["parameters"]))
         console.print(table)
 
+    def split(self, summary: dict) -> None:
+        if self.json_output:
+            self._json(summary)
+            return
+        from rich.table import Table
+
+        console = self._console()
+        widths = ", ".join(
+            f"{name}: {summary['widths_before'][name]} → {summary['widths_after'][name]}"
+            for name in summary["widths_before"]
+            if summary["widths_before"][name] != summary["widths_after"][name]
+        )
+        rows = [
+            ("input", summary["checkpoint"]),
+            ("output", summary["output"]),
+            ("strategy", summary["strategy"]),
+            ("split units", fmt(summary["n_split_units"])),
+            ("hidden widths", widths),
+            ("parameters", f"{fmt(summary['n_parameters_before'])} → {fmt(summary['n_parameters_after'])}"),
+            ("‖θ‖ → ‖Tθ‖", f"{fmt(summary['norm_before'], 10)} → {fmt(summary['norm_after'], 10)}"),
+            ("coefficient isometry error max|Σc²−1|", fmt(summary["coefficient_isometry_error"])),
+            ("output error max|Φ̃ − Φ| on data", fmt(summary["output_error"]) + (f" ({summary['data']})" if summary["data"] else " (no data)")),
+        ]
+        console.print(self._table("kktembed split", rows))
+        table = Table(title="splits", title_justify="left")
+        for column in ("layer", "unit", "positions", "shares r_i", "incoming", "outgoing"):
+            table.add_column(column)
+        shown = summary["splits"][:20]
+        for split in shown:
+            table.add_row(
+                split["layer"],
+                str(split["unit"]),
+                ", ".join(map(str, split["positions"])),
+                ", ".join(f"{v:.4g}" for v in split["shares"]),
+                ", ".join(f"{v:.4g}" for v in split["incoming"]),
+                ", ".join(f"{v:.4g}" for v in split["outgoing"]),
+            )
+        if len(summary["splits"]) > len(shown):
+            table.add_row("…", f"{len(summary['splits']) - len(shown)} more", "", "", "", "")
+        console.print(table)
+
+    def embed(self, result, narrow: str, wide: str, data: str) -> None:
+        payload = {"narrow": narrow, "wide": wide, "data": data, **result.to_dict()}
+        if self.json_output:
+            self._json(payload)
+            return
+        from rich.table import Table
+
+        console = self._console()
+        r = result
+        rows = [
+            ("narrow → wide", f"{narrow} → {wide}"),
+            ("data", data),
+            ("splits (strategies)", f"{r.n_splits} ({', '.join(r.strategies)})"),
+            ("NARROW is the recorded parent file", fmt(r.parent_hash_matches)),
+            ("‖θ̃ − Tθ‖", fmt(r.embedding_error)),
+            ("‖θ̃ − Tθ‖ / ‖Tθ‖", fmt(r.relative_embedding_error)),
+            ("|‖θ̃‖ − ‖θ‖|", fmt(r.norm_error)),
+            ("coefficient isometry error max|Σc²−1|", fmt(r.coefficient_isometry_error)),
+            ("output error max|Φ̃(θ̃) − Φ(θ)|", fmt(r.output_error)),
+            ("normalized margin error |γ̄̃ − γ̄|", fmt(r.normalized_margin_error)),
+            ("multiplier error ‖λ̃ − λ‖", fmt(r.multiplier_error)),
+        ]
+        console.print(self._table("kktembed embed", rows))
+        table = Table(title="KKT check, side by side", title_justify="left")
+        for column in ("", "narrow", "wide", "|difference|"):
+            table.add_column(column, justify="right")
+        for label, attribute in (
+            ("parameters", "n_parameters"),
+            ("normalized margin γ̄", "normalized_margin"),
+            ("‖θ̂‖", "theta_hat_norm"),
+            ("support", "n_support"),
+            ("ε", "stationarity_residual"),
+            ("ε/‖θ̂‖", "relative_stationarity_residual"),
+            ("δ", "complementarity_residual"),
+        ):
+            left, right = getattr(r.narrow, attribute), getattr(r.wide, attribute)
+            difference = abs(right - left) if left is not None and right is not None else None
+            table.add_row(label, fmt(left, 10), fmt(right, 10), fmt(difference))
+        table.add_row("verdict", r.narrow.verdict, r.wide.verdict, "")
+        console.print(table)
+        style = "bold green" if r.verdict == "isometric_embedding" else "bold red"
+        preserved = {True: "KKT quality preserved", False: "KKT quality NOT preserved", None: "no KKT comparison (not separable)"}[r.kkt_preserved]
+        console.print(f"verdict: [{style}]{r.verdict}[/] (tol {r.tol:g}); {preserved}")
+
     def plugins(self, infos: list[dict]) -> None:
         if self.json_output:
             self._json({"plugins": infos})

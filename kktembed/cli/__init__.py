@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from kktembed.cli import check, inspect, plugins
+from kktembed.cli import check, embed, inspect, plugins, split
 from kktembed.errors import KktembedError
 
 app = typer.Typer(
@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 app.command("check")(check.check)
 app.command("inspect")(inspect.inspect)
+app.command("split")(split.split)
+app.command("embed")(embed.embed)
 app.command("plugins")(plugins.plugins)
 
 

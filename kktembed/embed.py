@@ -1,0 +1,154 @@
+"""``embed``: is WIDE the isometric embedding Tθ of NARROW, and is the KKT quality preserved?
+The error metrics of MATH.md §4, measured, plus the check of both sides (MATH.md §2–3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kktembed.data import Dataset
+from kktembed.embedding import EmbeddingRecord, file_sha256
+from kktembed.errors import ArchitectureError, InputError
+from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
+from kktembed.network import Network, flatten_params
+
+EMBED_VERDICTS = ("isometric_embedding", "not_isometric", "not_embedded")
+
+
+@dataclass
+class EmbedResult:
+    verdict: str
+    kkt_preserved: bool | None
+    parent_hash_matches: bool
+    n_splits: int
+    strategies: list[str]
+    embedding_error: float
+    relative_embedding_error: float
+    norm_narrow: float
+    norm_wide: float
+    norm_error: float
+    coefficient_isometry_error: float
+    output_error: float
+    normalized_margin_error: float
+    stationarity_residual_narrow: float | None
+    stationarity_residual_wide: float | None
+    stationarity_error: float | None
+    complementarity_residual_narrow: float | None
+    complementarity_residual_wide: float | None
+    n_support_narrow: int | None
+    n_support_wide: int | None
+    multiplier_error: float | None
+    relative_multiplier_error: float | None
+    tol: float
+    narrow: CheckResult
+    wide: CheckResult
+
+    def to_dict(self) -> dict:
+        result = {key: value for key, value in self.__dict__.items() if key not in ("narrow", "wide")}
+        for side in ("narrow", "wide"):
+            check = getattr(self, side).to_dict()
+            check.pop("profile")
+            result[f"check_{side}"] = check
+        return result
+
+
+def resolve_embedding(narrow: Network, wide: Network):
+    """T from NARROW to WIDE, rebuilt from WIDE's metadata. Raises a clear InputError when the
+    metadata is missing or NARROW is not an ancestor of WIDE."""
+    record = EmbeddingRecord.from_metadata(wide.metadata)
+    if record is None:
+        raise InputError(
+            f"{wide.path}: no embedding recorded (metadata kktembed.embedding is missing)",
+            hint="compare checkpoints written by `kktembed split` (or `trace`), or split NARROW again",
+        )
+    if narrow.adapter.name != wide.adapter.name:
+        raise ArchitectureError(f"NARROW uses adapter {narrow.adapter.name!r}, WIDE {wide.adapter.name!r}: they do not belong together")
+    narrow_sha = file_sha256(narrow.path) if narrow.path else None
+    found = record.embedding_from(wide.adapter, narrow.config, narrow_sha)
+    if found is None:
+        raise InputError(
+            f"{narrow.path} and {wide.path} do not belong together: no recorded split starts from NARROW's architecture",
+            hint="pass the checkpoint WIDE was split from (or one with the same architecture)",
+        )
+    embedding, stage = found
+    if embedding.wide_config != wide.config:
+        raise InputError(f"{wide.path}: the recorded embedding does not produce this file's architecture (corrupt metadata?)")
+    return embedding, stage["parent_sha256"] == narrow_sha
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else abs(a - b)
+
+
+def embed_networks(
+    narrow: Network, wide: Network, dataset: Dataset, options: CheckOptions | None = None, tol: float = 1e-10,
+    on_step: Callable[[str], None] | None = None,
+) -> EmbedResult:
+    """The errors of MATH.md §4 for θ (NARROW) and θ̃ (WIDE), and both KKT checks side by side.
+
+    Verdict: ``not_embedded`` if ‖θ̃ − Tθ‖/‖Tθ‖ > tol; ``not_isometric`` if θ̃ = Tθ but
+    max|Σc_i² − 1| > tol (then norm and KKT numbers change); else ``isometric_embedding``.
+    ``kkt_preserved`` (None when a side is not separable): |ε̃ − ε| ≤ max(tol, 1e-8)·‖θ̂‖,
+    |δ̃ − δ| ≤ 1e-8·(1 + Σλ) and ‖λ̃ − λ‖ ≤ 1e-6·‖λ‖; the multipliers come from two independent
+    solves, so their agreement is limited by solver accuracy, not by rounding."""
+    step = on_step or (lambda message: None)
+    embedding, hash_matches = resolve_embedding(narrow, wide)
+    mapped = embedding.apply(narrow.params)
+    difference = flatten_params({key: wide.params[key] - mapped[key] for key in mapped})
+    mapped_norm = float(flatten_params(mapped).norm())
+    embedding_error = float(difference.norm())
+    relative_embedding_error = embedding_error / mapped_norm if mapped_norm > 0 else math.inf
+    output_error = float((wide.forward(dataset.x) - narrow.forward(dataset.x)).abs().max())
+    step("checking NARROW")
+    narrow_check = check_network(narrow, dataset, options, on_step)
+    step("checking WIDE")
+    wide_check = check_network(wide, dataset, options, on_step)
+    multiplier_error = relative_multiplier_error = None
+    if narrow_check.multipliers is not None and wide_check.multipliers is not None:
+        multiplier_error = float((wide_check.multipliers - narrow_check.multipliers).norm())
+        scale = float(narrow_check.multipliers.norm())
+        relative_multiplier_error = multiplier_error / scale if scale > 0 else None
+    if relative_embedding_error > tol:
+        verdict = "not_embedded"
+    elif embedding.isometry_error > tol:
+        verdict = "not_isometric"
+    else:
+        verdict = "isometric_embedding"
+    kkt_preserved = None
+    stationarity_error = _difference(narrow_check.stationarity_residual, wide_check.stationarity_residual)
+    if stationarity_error is not None:
+        kkt_preserved = (
+            stationarity_error <= max(tol, 1e-8) * narrow_check.theta_hat_norm
+            and abs(wide_check.complementarity_residual - narrow_check.complementarity_residual) <= 1e-8 * (1 + narrow_check.multiplier_sum)
+            and (relative_multiplier_error or 0.0) <= 1e-6
+        )
+    return EmbedResult(
+        verdict=verdict,
+        kkt_preserved=kkt_preserved,
+        parent_hash_matches=hash_matches,
+        n_splits=len(embedding.splits),
+        strategies=sorted({split.strategy for split in embedding.splits}),
+        embedding_error=embedding_error,
+        relative_embedding_error=relative_embedding_error,
+        norm_narrow=narrow.norm(),
+        norm_wide=wide.norm(),
+        norm_error=abs(wide.norm() - narrow.norm()),
+        coefficient_isometry_error=embedding.isometry_error,
+        output_error=output_error,
+        normalized_margin_error=abs(wide_check.normalized_margin - narrow_check.normalized_margin),
+        stationarity_residual_narrow=narrow_check.stationarity_residual,
+        stationarity_residual_wide=wide_check.stationarity_residual,
+        stationarity_error=stationarity_error,
+        complementarity_residual_narrow=narrow_check.complementarity_residual,
+        complementarity_residual_wide=wide_check.complementarity_residual,
+        n_support_narrow=narrow_check.n_support,
+        n_support_wide=wide_check.n_support,
+        multiplier_error=multiplier_error,
+        relative_multiplier_error=relative_multiplier_error,
+        tol=tol,
+        narrow=narrow_check,
+        wide=wide_check,
+    )
