@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kktembed.data import Dataset
+from kktembed.data import Dataset, validate_data
 from kktembed.embedding import EmbeddingRecord, file_sha256
 from kktembed.errors import ArchitectureError, InputError
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
@@ -96,6 +96,8 @@ def embed_networks(
     solves, so their agreement is limited by solver accuracy, not by rounding."""
     step = on_step or (lambda message: None)
     embedding, hash_matches = resolve_embedding(narrow, wide)
+    validate_data(narrow, dataset)
+    validate_data(wide, dataset)
     mapped = embedding.apply(narrow.params)
     difference = flatten_params({key: wide.params[key] - mapped[key] for key in mapped})
     mapped_norm = float(flatten_params(mapped).norm())

@@ -61,6 +61,7 @@ def test_plugins_json_lists_builtins_and_installed(plugin_dir):
     infos = {info["name"]: info for info in json.loads(result.stdout)["plugins"]}
     assert infos["kktembed.adapters.builtin"]["adapters"] == ["mlp", "cnn"]
     assert "digits" in infos["kktembed.datasets"]["datasets"]
+    assert infos["kktembed.strategies.builtin"]["strategies"] == ["isometric", "net2net"]
     assert infos["goodplug"]["version"] == "1.2.3" and infos["goodplug"]["datasets"] == ["tiny"]
     assert "brokenplug" not in infos
     assert "Warning: plugin 'brokenplug'" in result.stderr and "boom at import" in result.stderr
@@ -74,7 +75,7 @@ def test_load_plugins_variable_selects(plugin_dir):
     assert "brokenplug" not in result.stderr
     result = run_kktembed("plugins", "--json", pythonpath=plugin_dir, load="")
     names = {info["name"] for info in json.loads(result.stdout)["plugins"]}
-    assert names == {"kktembed.adapters.builtin", "kktembed.datasets"}
+    assert names == {"kktembed.adapters.builtin", "kktembed.strategies.builtin", "kktembed.datasets"}
 
 
 def test_plugin_dataset_is_usable(plugin_dir):

@@ -42,7 +42,7 @@ def embed(
       kktembed embed narrow.safetensors wide.safetensors --dataset digits:3,8 --json
     """
     from kktembed.cli.common import architecture_hints, progress_steps
-    from kktembed.data import load_network_and_data, validate_data
+    from kktembed.data import load_network_and_data
     from kktembed.embed import embed_networks
     from kktembed.errors import UsageError
     from kktembed.kkt.analysis import CheckOptions
@@ -58,7 +58,5 @@ def embed(
         dataset_object = narrow_data or wide_data
         if dataset_object is None:
             raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
-        validate_data(wide_network, dataset_object)
-        validate_data(narrow_network, dataset_object)
         result = embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)
     Output(json_output).embed(result, narrow=str(narrow), wide=str(wide), data=dataset_object.source)

@@ -35,14 +35,17 @@ from kktembed.network import Network, flatten_params
 
 PROFILE_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 VERDICTS = ("kkt", "approximate", "not_kkt", "not_separable")
-# Multipliers minimise ε; among those within EPSILON_ALLOWANCE·‖θ̂‖ of the minimum, the smallest δ wins.
+# Multipliers minimise ε; among those within EPSILON_ALLOWANCE·‖θ̂‖ of the minimum, the smallest δ wins
+# (δ within DELTA_TIE·(1 + Σλ) counts as a tie, won by the most refined candidate: the ε allowance
+# lets the second stage lower δ by amounts of that order that are solver noise, not structure).
 EPSILON_ALLOWANCE = 1e-9
+DELTA_TIE = 1e-6
 
 
 @dataclass
 class CheckOptions:
     norm: str = "l2"
-    active_tol: float = 0.05  # τ
+    active_tol: float = 0.1  # τ
     complementarity_weight: float = 0.0  # μ
     loss: str = "exp"  # for the alignment β
     kink_tol: float = 1e-6
@@ -197,7 +200,7 @@ def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network,
     refine = options.complementarity_weight == 0
     if options.norm == "l2":
         solution = solve_l2(gram, b, theta_hat_norm**2, excess, options.complementarity_weight)
-        return solution, [solution.multipliers] + (refined_multipliers(gram, q_hat.numpy(), degree, theta_hat_norm, solution) if refine else [])
+        return solution, [solution.multipliers] + (refined_multipliers(gram, q_hat.numpy(), degree, solution) if refine else [])
     gradients = gradient_matrix(network, x, constraints, theta_hat).numpy()
     theta_vector = flatten_params(theta_hat).numpy()
     solution = solve_lp(gradients, theta_vector, excess, options.norm, options.complementarity_weight)
@@ -209,14 +212,13 @@ def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network,
     return solution, trials
 
 
-def refined_multipliers(gram: np.ndarray, q_candidates: np.ndarray, degree: int, theta_hat_norm: float, solution: MultiplierSolution) -> list[np.ndarray]:
-    """Refinements of an ℓ2 QP solution (MATH.md §3), each to be measured directly:
-    the active-set polish of λ, the most complementary λ among those with (almost) the optimal
-    residual, and its polish."""
+def refined_multipliers(gram: np.ndarray, q_candidates: np.ndarray, degree: int, solution: MultiplierSolution) -> list[np.ndarray]:
+    """Refinements of an ℓ2 QP solution (MATH.md §3), least refined first, each to be measured:
+    the active-set polish of λ, the most complementary optimal λ, and its polish."""
     b, excess = degree * q_candidates, q_candidates - 1.0
-    first_residual_sq = (solution.objective + 0.5 * EPSILON_ALLOWANCE * theta_hat_norm) ** 2
-    refined = [polish_l2(gram, b, solution.multipliers)]
-    complementary = most_complementary_l2(gram, b, theta_hat_norm**2, excess, first_residual_sq)
+    polished = polish_l2(gram, b, solution.multipliers)
+    refined = [polished]
+    complementary = most_complementary_l2(gram, b, excess, polished if polished is not None else solution.multipliers)
     if complementary is not None:
         refined += [complementary, polish_l2(gram, b, complementary)]
     return [multipliers for multipliers in refined if multipliers is not None]
@@ -297,7 +299,11 @@ def check_network(
             measured.append((float(torch.linalg.vector_norm(residual, ord=order)), float((full * (q_hat - 1)).sum()), full, float(residual.norm())))
         best = min(entry[0] for entry in measured)
         eligible = [entry for entry in measured if entry[0] <= best + EPSILON_ALLOWANCE * scale]
-        _, _, full, epsilon = min(eligible, key=lambda entry: entry[1])
+        least_delta = min(entry[1] for entry in eligible)
+        delta_tie = DELTA_TIE * (1.0 + max(float(entry[2].sum()) for entry in eligible))
+        # trials come least refined first: the most refined one within the ties wins, so that two
+        # solves of the same problem (a checkpoint and its isometric split) land on the same λ
+        _, _, full, epsilon = next(entry for entry in reversed(eligible) if entry[1] <= least_delta + delta_tie)
         solution.refined = full is not measured[0][2]
         return solution, full, epsilon
 

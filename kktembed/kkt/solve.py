@@ -22,6 +22,10 @@ import numpy as np
 from kktembed.errors import SolverError
 
 NORMS = ("l2", "l1", "linf")
+# Tighter than Clarabel's defaults (1e-8): two checks of the same QP (a checkpoint and its isometric
+# split) then agree on λ and δ to ~1e-14 instead of ~1e-7. Where they cannot be reached, the
+# defaults are used.
+CLARABEL_SETTINGS = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12, "tol_ktratio": 1e-10}
 
 
 @dataclass
@@ -50,7 +54,7 @@ def native_stdout_silenced():
         os.close(saved)
 
 
-def _solve(problem, solver: str, label: str) -> tuple[str, float]:
+def _solve(problem, solver: str, label: str, **settings) -> tuple[str, float]:
     import cvxpy as cp
 
     started = time.perf_counter()
@@ -58,7 +62,9 @@ def _solve(problem, solver: str, label: str) -> tuple[str, float]:
         with native_stdout_silenced(), warnings.catch_warnings():
             # cvxpy's bound propagation multiplies 0 by inf on unbounded variables; harmless noise
             warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy")
-            problem.solve(solver=solver)
+            # the status is checked below; an inaccurate solve is an error or a retry, not a warning
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+            problem.solve(solver=solver, **settings)
     except cp.error.SolverError as exc:
         raise SolverError(f"{label}: solver {solver} failed ({exc})", hint="try --norm l2 or a smaller --active-tol")
     seconds = time.perf_counter() - started
@@ -75,31 +81,36 @@ def solve_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.n
     import cvxpy as cp
 
     gram = (gram + gram.T) / 2
-    lam = cp.Variable(len(b), nonneg=True)
-    objective = cp.quad_form(lam, cp.psd_wrap(gram)) - 2 * b @ lam + mu * excess @ lam
-    problem = cp.Problem(cp.Minimize(objective))
-    status, seconds = _solve(problem, cp.CLARABEL, "ℓ2 multiplier QP")
-    multipliers = np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
+
+    def attempt(settings: dict) -> tuple[np.ndarray, str, float]:
+        lam = cp.Variable(len(b), nonneg=True)  # a fresh problem: cvxpy caches solver state per problem
+        objective = cp.quad_form(lam, cp.psd_wrap(gram)) - 2 * b @ lam + mu * excess @ lam
+        status, seconds = _solve(cp.Problem(cp.Minimize(objective)), cp.CLARABEL, "ℓ2 multiplier QP", **settings)
+        return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0), status, seconds
+
+    try:
+        multipliers, status, seconds = attempt(CLARABEL_SETTINGS)
+    except SolverError:  # the tight tolerances were not reached: Clarabel's defaults decide
+        multipliers, status, seconds = attempt({})
     return MultiplierSolution(multipliers, "CLARABEL", status, seconds, _l2_residual(gram, b, theta_norm_sq, multipliers))
 
 
-def most_complementary_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.ndarray, residual_sq: float) -> np.ndarray | None:
-    """Second, lexicographic stage: among λ ≥ 0 with ‖θ̂ − Gλ‖² ≤ ``residual_sq`` (the first stage's
-    optimum plus a small allowance), minimise δ = Σ λ_k (q_k − 1). When the optimal ε is attained by
-    many λ (degenerate supports), the first stage's interior point spreads λ over all of them and
-    reports a δ that the point does not deserve. Returns None if the solver does not succeed."""
+def most_complementary_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, optimum: np.ndarray, relative_tol: float = 1e-9) -> np.ndarray | None:
+    """Second, lexicographic stage: among the optimal λ of the ℓ2 QP, the one with the smallest
+    δ = Σ λ_k (q_k − 1). All optima share Gλ, hence Kλ = Kλ* and bᵀλ = bᵀλ*, so the optimal set is
+    polyhedral and this is an LP (HiGHS): min (q − 1)ᵀλ s.t. λ ≥ 0, Kλ = Kλ*, bᵀλ = bᵀλ*, the
+    equalities relaxed by ``relative_tol``. It matters when the optimum is degenerate (linearly
+    dependent gradients): an interior-point λ* then spreads over every candidate that could carry
+    weight and reports a δ that the point does not deserve. Returns None if HiGHS does not succeed."""
     import cvxpy as cp
 
     lam = cp.Variable(len(b), nonneg=True)
-    constraint = cp.quad_form(lam, cp.psd_wrap(gram)) - 2 * b @ lam + theta_norm_sq <= residual_sq
-    problem = cp.Problem(cp.Minimize(excess @ lam), [constraint])
+    target = gram @ optimum
+    tolerance = relative_tol * (float(np.abs(target).max()) + float(np.abs(b).max()))
+    constraints = [cp.abs(gram @ lam - target) <= tolerance, cp.abs(b @ lam - b @ optimum) <= tolerance * max(1.0, float(optimum.sum()))]
     try:
-        with warnings.catch_warnings():  # an inaccurate second stage is discarded, not reported
-            warnings.simplefilter("ignore")
-            problem.solve(solver=cp.CLARABEL)
-    except cp.error.SolverError:
-        return None
-    if problem.status != cp.OPTIMAL or lam.value is None:
+        _solve(cp.Problem(cp.Minimize(excess @ lam), constraints), cp.HIGHS, "complementarity stage")
+    except SolverError:
         return None
     return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
 
@@ -128,25 +139,34 @@ def _l2_residual(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, multipli
     return float(np.sqrt(max(value, 0.0)))
 
 
-def polish_l2(gram: np.ndarray, b: np.ndarray, multipliers: np.ndarray, relative_tol: float = 1e-7, rounds: int = 20) -> np.ndarray | None:
-    """Active-set refinement of a QP solution. On the support S = {λ_k > tol·max λ}, solve the
-    unconstrained least squares K_SS λ_S = b_S (the QP's stationarity equations restricted to S);
-    drop indices that come out negative and repeat. Returns the refined λ ≥ 0, or None.
-    Interior-point solvers stop ~1e-8 from the optimum; when the support is right this recovers
-    the multipliers to rounding. The caller keeps it only if the measured ε decreases."""
+def polish_l2(gram: np.ndarray, b: np.ndarray, multipliers: np.ndarray, relative_tol: float = 1e-7) -> np.ndarray | None:
+    """Active-set refinement of a QP solution (Lawson–Hanson on the Gram form, warm-started).
+
+    min λᵀKλ − 2bᵀλ over λ ≥ 0 is solved exactly when S is the support: K_SS λ_S = b_S, λ_S > 0,
+    and (b − Kλ)_i ≤ 0 off S. Starting from S = {λ_k > tol·max λ} of the interior-point solution,
+    negative entries leave S and the most violated index joins it, until both conditions hold.
+    Interior-point solvers stop ~1e-8 from the optimum; this recovers λ to rounding, so two solves
+    of the same problem agree. Returns None if it does not settle."""
     if multipliers.max(initial=0.0) <= 0:
         return None
     support = multipliers > relative_tol * multipliers.max()
-    for _ in range(rounds):
+    scale = float(np.abs(b).max()) + 1e-300
+    for _ in range(2 * len(b) + 10):
         if not support.any():
             return None
-        refined_support, *_ = np.linalg.lstsq(gram[np.ix_(support, support)], b[support], rcond=None)
-        if (refined_support >= 0).all():
-            refined = np.zeros_like(multipliers)
-            refined[support] = refined_support
+        solution, *_ = np.linalg.lstsq(gram[np.ix_(support, support)], b[support], rcond=None)
+        if (solution <= 0).any():
+            indices = np.flatnonzero(support)
+            support[indices[solution <= 0]] = False
+            continue
+        refined = np.zeros_like(multipliers)
+        refined[support] = solution
+        violation = b - gram @ refined
+        violation[support] = -np.inf
+        worst = int(np.argmax(violation))
+        if violation[worst] <= 1e-10 * (scale + float(np.abs(gram).max()) * refined.sum()):
             return refined
-        indices = np.flatnonzero(support)
-        support[indices[refined_support < 0]] = False
+        support[worst] = True
     return None
 
 
