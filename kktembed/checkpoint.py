@@ -88,6 +88,23 @@ def write_safetensors(path: str | Path, tensors: dict[str, "torch.Tensor"], meta
     return path
 
 
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write a text file through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _as_float64(tensors: dict[str, "torch.Tensor"], path: Path) -> dict[str, "torch.Tensor"]:
     import torch
 

@@ -241,6 +241,40 @@ class Output:
         preserved = {True: "KKT quality preserved", False: "KKT quality NOT preserved", None: "no KKT comparison (not separable)"}[r.kkt_preserved]
         console.print(f"verdict: [{style}]{r.verdict}[/] (tol {r.tol:g}); {preserved}")
 
+    def trace(self, summary: dict, records: list[dict]) -> None:
+        if self.json_output:
+            self._json(summary)
+            return
+        from rich.table import Table
+
+        console = self._console()
+        rows = [
+            ("narrow", summary["narrow"]),
+            ("data", summary["data"]),
+            ("splits (strategies)", f"{summary['n_splits']} ({', '.join(summary['strategies'])})"),
+            ("steps", fmt(summary["steps"])),
+            ("max ‖η(t) − Tθ(t)‖", fmt(summary["max_trajectory_error"])),
+            ("max relative error", fmt(summary["max_relative_trajectory_error"])),
+            ("final ‖η − Tθ‖", fmt(summary["final_trajectory_error"])),
+            ("final loss narrow / wide", f"{fmt(summary['final_loss_narrow'])} / {fmt(summary['final_loss_wide'])}"),
+            ("final γ̄ narrow / wide", f"{fmt(summary['final_normalized_margin_narrow'], 8)} / {fmt(summary['final_normalized_margin_wide'], 8)}"),
+        ]
+        if summary.get("final_stationarity_narrow") is not None:
+            rows.append(("final ε/‖θ̂‖ narrow / wide", f"{fmt(summary['final_stationarity_narrow'])} / {fmt(summary['final_stationarity_wide'])}"))
+        for path in summary.get("outputs", []):
+            rows.append(("wrote", path))
+        if summary.get("plot"):
+            rows.append(("plot", summary["plot"]))
+        console.print(self._table("kktembed trace", rows))
+        table = Table(title="series (first, a few in between, last)", title_justify="left")
+        for column in ("step", "‖η − Tθ‖", "loss narrow", "loss wide", "γ̄ narrow", "γ̄ wide"):
+            table.add_column(column, justify="right")
+        picks = sorted({0, len(records) // 4, len(records) // 2, 3 * len(records) // 4, len(records) - 1})
+        for index in picks:
+            r = records[index]
+            table.add_row(str(r["step"]), fmt(r["trajectory_error"]), fmt(r["loss_narrow"]), fmt(r["loss_wide"]), fmt(r["normalized_margin_narrow"]), fmt(r["normalized_margin_wide"]))
+        console.print(table)
+
     def plugins(self, infos: list[dict]) -> None:
         if self.json_output:
             self._json({"plugins": infos})

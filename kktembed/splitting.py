@@ -48,6 +48,37 @@ def parse_shares(ratio: str | None, copies: int | None) -> list[float]:
     return values
 
 
+SPLIT_SPEC_HELP = 'SPEC is "key=value;…" with keys layer, neuron, ratio, copies, width, strategy, e.g. "copies=2" or "layer=0;neuron=3;ratio=0.3"'
+
+
+def plan_from_spec(network: Network, spec: str) -> Embedding:
+    """The embedding described by a ``trace --split`` SPEC, with the vocabulary of ``kktembed split``."""
+    from kktembed.plugins import split_strategies
+
+    fields: dict[str, list[str]] = {}
+    for part in filter(None, (piece.strip() for piece in spec.split(";"))):
+        key, separator, value = part.partition("=")
+        if not separator or key.strip() not in ("layer", "neuron", "ratio", "copies", "width", "strategy"):
+            raise UsageError(f"invalid --split {spec!r}", hint=SPLIT_SPEC_HELP)
+        fields.setdefault(key.strip(), []).append(value.strip())
+    try:
+        units = [int(v) for v in fields["neuron"][-1].split(",")] if "neuron" in fields else None
+        copies = int(fields["copies"][-1]) if "copies" in fields else None
+        width = int(fields["width"][-1]) if "width" in fields else None
+    except ValueError:
+        raise UsageError(f"invalid --split {spec!r}: neuron, copies and width take integers", hint=SPLIT_SPEC_HELP)
+    strategies = split_strategies()
+    strategy = fields.get("strategy", ["isometric"])[-1]
+    if strategy not in strategies:
+        raise UsageError(f"unknown split strategy {strategy!r}", hint=f"known: {', '.join(sorted(strategies))}")
+    ratio = fields.get("ratio", [None])[-1]
+    if width is not None and (ratio is not None or copies is not None):
+        raise UsageError("width chooses equal shares itself; drop ratio/copies")
+    shares = parse_shares(ratio, copies)
+    layers = [name for value in fields.get("layer", []) for name in value.split(",")]
+    return build_embedding(network, plan_splits(network, layers, units, shares, width), strategies[strategy])
+
+
 @dataclass
 class SplitRequest:
     layer: str
@@ -110,7 +141,7 @@ def build_embedding(network: Network, requests: list[SplitRequest], strategy) ->
     return Embedding(network.adapter, network.config, splits)
 
 
-def _relocated_data_reference(metadata: dict[str, str], source: Path, target: Path) -> dict[str, str]:
+def relocated_data_reference(metadata: dict[str, str], source: Path, target: Path) -> dict[str, str]:
     """Carry the checkpoint's data reference over, rewritten relative to the output's folder."""
     if DATA_KEY in metadata:
         absolute = (source.parent / metadata[DATA_KEY]).resolve()
@@ -125,6 +156,6 @@ def write_split_checkpoint(network: Network, embedding: Embedding, output: Path,
     wide = Network(network.adapter, embedding.wide_config, embedding.apply(network.params))
     previous = EmbeddingRecord.from_metadata(network.metadata) or EmbeddingRecord([])
     record = previous.appended(file_sha256(network.path), network.path.name, embedding)
-    extra = {EMBEDDING_KEY: record.to_json(), **_relocated_data_reference(network.metadata, network.path, Path(output))}
+    extra = {EMBEDDING_KEY: record.to_json(), **relocated_data_reference(network.metadata, network.path, Path(output))}
     save_checkpoint(output, wide, extra, force=force)
     return wide

@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from kktembed.cli import check, embed, inspect, plugins, split
+from kktembed.cli import check, embed, inspect, plugins, split, trace
 from kktembed.errors import KktembedError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command("check")(check.check)
 app.command("inspect")(inspect.inspect)
 app.command("split")(split.split)
 app.command("embed")(embed.embed)
+app.command("trace")(trace.trace)
 app.command("plugins")(plugins.plugins)
 
 

@@ -1,0 +1,49 @@
+"""PNG figures (matplotlib, Agg backend, imported only when a plot is asked for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Three panels in the style of the paper's Fig. (MATH.md §5): ‖η(t) − Tθ(t)‖ on a log scale,
+    the losses of both networks, and their normalized margins, against the step."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [record["step"] for record in records]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    errors = [max(record["trajectory_error"], 1e-18) for record in records]
+    axes[0].semilogy(steps, errors, color="tab:red")
+    axes[0].set_title("trajectory error ‖η(t) − Tθ(t)‖")
+    axes[1].semilogy(steps, [r["loss_narrow"] for r in records], label="narrow θ(t)")
+    axes[1].semilogy(steps, [r["loss_wide"] for r in records], "--", label="wide η(t)")
+    axes[1].set_title("training loss")
+    axes[1].legend()
+    axes[2].plot(steps, [r["normalized_margin_narrow"] for r in records], label="narrow θ(t)")
+    axes[2].plot(steps, [r["normalized_margin_wide"] for r in records], "--", label="wide η(t)")
+    axes[2].set_title("normalized margin γ̄")
+    axes[2].legend()
+    for axis in axes:
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=120)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        Path(temporary).unlink(missing_ok=True)
+    return path
