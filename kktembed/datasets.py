@@ -7,6 +7,9 @@
 - ``gaussians[:SEED]``: the paper's 2-D set (MATH.md §5): 100 points, 50 around (2, −2) with label
   +1 and 50 around (−2, 2) with label −1, std 0.8, default seed 0. ``gaussians-overlap[:SEED]``:
   centres (1, −1) / (−1, 1), not linearly separable.
+- ``gaussian-images[:SEED]``: 100 images 1 × 5 × 5 for the CNN experiment: 50 with every pixel
+  around +1 (label +1) and 50 around −1 (label −1), std 0.8. MATH.md does not give the paper's
+  exact image data; this is kktembed's stand-in with the same shape and noise level.
 """
 
 from __future__ import annotations
@@ -64,6 +67,20 @@ def gaussian_clusters(args: str | None, centre: float):
     return x, y
 
 
+def gaussian_images(args: str | None):
+    """100 images 1×5×5: pixels around ±1 by class, std 0.8 (the CNN experiment's stand-in)."""
+    import torch
+
+    try:
+        seed = int(args) if args else 0
+    except ValueError:
+        raise DataError(f"invalid seed {args!r}", hint="use e.g. gaussian-images:0")
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.ones(50, dtype=torch.int64), -torch.ones(50, dtype=torch.int64)])
+    x = y.to(torch.float64).reshape(-1, 1, 1, 1) + 0.8 * torch.randn(100, 1, 5, 5, generator=generator, dtype=torch.float64)
+    return x, y
+
+
 @hookimpl
 def kktembed_register_datasets(register):
     register("digits", load_digits, "scikit-learn 8x8 digits; digits:A,B binary (+1/-1), 3+ classes multi-class")
@@ -82,3 +99,4 @@ def kktembed_register_datasets(register):
         lambda args: gaussian_clusters(args, 1.0),
         "non-separable variant, centres (1,-1)/(-1,1); gaussians-overlap:SEED",
     )
+    register("gaussian-images", gaussian_images, "100 images 1x5x5, pixels around +1/-1 by class, std 0.8; gaussian-images:SEED")
