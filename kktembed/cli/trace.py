@@ -87,5 +87,5 @@ def trace(
         from kktembed.plotting import plot_trace
 
         label = "different batches" if different_batches else ("SGD, identical batches" if batch else "GD")
-        summary["plot"] = str(plot_trace(result.records, plot, f"{Path(narrow).name}: {label}, lr {lr:g}, {summary['strategies']}"))
+        summary["plot"] = str(plot_trace(result.records, plot, f"{Path(narrow).name}: {label}, lr {lr:g}, {', '.join(summary['strategies'])} split"))
     Output(json_output).trace(summary, result.records)
