@@ -133,7 +133,7 @@ def build_embedding(network: Network, requests: list[SplitRequest], strategy) ->
     widths = {unit_layer.name: unit_layer.width for unit_layer in network.adapter.units(network.config)}
     splits = []
     for request in requests:
-        incoming, outgoing = strategy.scales(request.shares)
+        incoming, outgoing = strategy.scales(request.shares, network.adapter.activation_degree(network.config, request.layer))
         splits.append(
             UnitSplit(request.layer, request.unit, widths[request.layer], tuple(request.shares), tuple(incoming), tuple(outgoing), strategy.name)
         )

@@ -76,6 +76,14 @@ class Adapter:
         """Return a new config in which hidden layer ``layer`` has ``width`` units."""
         raise NotImplementedError
 
+    # -- capability with a default ---------------------------------------------------------
+
+    def activation_degree(self, config: dict[str, Any], layer: str) -> int:
+        """k with σ(cz) = c^k σ(z) for c ≥ 0, for the units of hidden layer ``layer``. ReLU, leaky
+        ReLU and identity have k = 1 (MATH.md §4); a squared ReLU has k = 2. Split strategies use it:
+        the isometric split preserves the output only when k = 1."""
+        return 1
+
     # -- helpers built on the required methods -------------------------------------------
 
     def layers(self, config: dict[str, Any]) -> list[dict[str, Any]]:

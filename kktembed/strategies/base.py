@@ -18,6 +18,8 @@ class SplitStrategy:
     #: whether the map is a linear isometry (TᵀT = I) for every valid set of shares
     isometric: bool = False
 
-    def scales(self, shares: list[float]) -> tuple[list[float], list[float]]:
-        """Return (incoming factors, outgoing factors), one per copy."""
+    def scales(self, shares: list[float], activation_degree: int = 1) -> tuple[list[float], list[float]]:
+        """Return (incoming factors a_i, outgoing factors b_i), one per copy. Copy i then contributes
+        b_i a_i^k times the unit's output for an activation with σ(cz) = c^k σ(z), k =
+        ``activation_degree``; raise ``kktembed.errors.UsageError`` for a k you cannot handle."""
         raise NotImplementedError

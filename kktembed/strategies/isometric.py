@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from kktembed.errors import UsageError
 from kktembed.strategies.base import SplitStrategy
 
 
@@ -14,6 +15,12 @@ class IsometricSplit(SplitStrategy):
     description = "c_i = sqrt(r_i) on incoming and outgoing weights (norm- and KKT-preserving)"
     isometric = True
 
-    def scales(self, shares: list[float]) -> tuple[list[float], list[float]]:
+    def scales(self, shares: list[float], activation_degree: int = 1) -> tuple[list[float], list[float]]:
+        if activation_degree != 1:
+            raise UsageError(
+                f"the isometric split preserves the output only for 1-homogeneous units; these units have "
+                f"σ(cz) = c^{activation_degree} σ(z)",
+                hint="use --strategy net2net, or a strategy a plugin provides for this architecture",
+            )
         coefficients = [math.sqrt(share) for share in shares]
         return coefficients, coefficients

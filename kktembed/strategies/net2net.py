@@ -12,5 +12,6 @@ class Net2NetSplit(SplitStrategy):
     description = "incoming copied unchanged, outgoing times r_i (output-preserving, not isometric)"
     isometric = False
 
-    def scales(self, shares: list[float]) -> tuple[list[float], list[float]]:
+    def scales(self, shares: list[float], activation_degree: int = 1) -> tuple[list[float], list[float]]:
+        # identical copies of the unit: Σ r_i σ(z) = σ(z) whatever the activation's degree
         return [1.0] * len(shares), list(shares)
