@@ -158,7 +158,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[s
 def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], hints: dict[str, Any] | None = None) -> "Network":
     """Turn a read checkpoint into a Network.
 
-    ``hints``: ``activation`` (user's --activation; for kktembed files it overrides the stored one),
+    ``hints``: ``activation`` (user's --activation, for plain files; a kktembed file's own must agree),
     ``arch_config`` (dict), ``input_shape`` (from the data).
     """
     from kktembed.network import Network
@@ -166,8 +166,12 @@ def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata
     path = Path(path)
     hints = dict(hints or {})
     adapter, config = resolve_adapter(metadata, tensors, hints, path)
-    if ADAPTER_KEY in metadata and hints.get("activation"):
-        config = {**config, "activation": hints["activation"]}
+    stored = config.get("activation")
+    if ADAPTER_KEY in metadata and hints.get("activation") and stored is not None and hints["activation"] != stored:
+        raise ArchitectureError(
+            f"{path}: the checkpoint records activation {stored!r}, --activation says {hints['activation']!r}",
+            hint="drop --activation for checkpoints written by kktembed",
+        )
     adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
     tensors = _as_float64(tensors, path)
     return Network(adapter=adapter, config=config, params=tensors, path=path, metadata=metadata)

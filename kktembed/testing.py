@@ -32,6 +32,7 @@ from kktembed.adapters.base import Adapter
 from kktembed.embedding import Embedding, UnitSplit
 from kktembed.homogeneity import HOMOGENEITY_TOL, homogeneity_report
 from kktembed.network import Network, flatten_params
+from kktembed.strategies.base import SplitStrategy
 
 TOL = 1e-10
 
@@ -107,7 +108,7 @@ def _check_split(adapter, config, unit_layer, unit, strategy, params, other, x, 
 def adapter_report(
     adapter: Adapter,
     config: dict[str, Any],
-    strategy: str = "isometric",
+    strategy: "str | SplitStrategy" = "isometric",
     detect: Callable[[dict, dict], Any] | None = None,
     detect_hints: dict | None = None,
     seed: int = 0,
@@ -158,7 +159,7 @@ def adapter_report(
                 )
     report.add("units", "failed" if problems else "ok", "; ".join(problems))
     if not problems:
-        split_strategy = split_strategies()[strategy]
+        split_strategy = split_strategies()[strategy] if isinstance(strategy, str) else strategy
         for unit_layer in unit_layers:
             for unit in sorted({0, unit_layer.width - 1}):
                 try:

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-COMMANDS = ["check", "inspect", "split", "embed", "plugins"]
+COMMANDS = ["check", "inspect", "split", "embed", "trace", "plugins"]
 
 
 def test_readme_starts_with_the_two_commands():
@@ -15,7 +15,8 @@ def test_readme_starts_with_the_two_commands():
     commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
     makefile = (ROOT / "Makefile").read_text()
-    assert "pytest" in makefile.split("\ntest:")[1].split("\n\n")[0]
+    test_recipe = makefile.split("\ntest:")[1].split("\n\n")[0]
+    assert "pytest" in test_recipe and "plugins/kktembed-squared-relu/tests" in test_recipe
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 

@@ -23,7 +23,7 @@ def parse_activation(spec: str) -> tuple[str, float]:
         return "leaky_relu", slope
     raise ArchitectureError(
         f"activation {spec!r} is not positively homogeneous or not supported",
-        hint=f"use {ACTIVATION_HELP}; tanh, sigmoid, GELU and softmax break homogeneity",
+        hint=f"use {ACTIVATION_HELP} (or install a plugin that provides it); tanh, sigmoid, GELU and softmax break homogeneity",
     )
 
 

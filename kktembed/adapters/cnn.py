@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from kktembed.adapters.activations import activation_module
+from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.adapters.mlp import numbered_weight_layers
 from kktembed.errors import ArchitectureError
@@ -158,6 +158,7 @@ def detect_cnn(tensor_shapes: dict[str, tuple[int, ...]], hints: dict[str, Any])
     layers = numbered_weight_layers(tensor_shapes)
     if layers is None or len(layers[0][1]) != 4:
         return None
+    parse_activation(hints.get("activation") or "relu")
     n_conv = sum(1 for _, shape in layers if len(shape) == 4)
     if any(len(shape) != 4 for _, shape in layers[:n_conv]) or n_conv == len(layers):
         raise ArchitectureError("a CNN checkpoint needs Conv2d layers followed by at least one Linear layer")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from kktembed.adapters.activations import activation_module
+from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.errors import ArchitectureError
 
@@ -130,6 +130,7 @@ def detect_mlp(tensor_shapes: dict[str, tuple[int, ...]], hints: dict[str, Any])
                 f"tensor {key}.weight expects {in_features} inputs but the previous layer has {widths[-1]} outputs"
             )
         widths.append(out_features)
+    parse_activation(hints.get("activation") or "relu")
     config = {
         "widths": widths,
         "activation": hints.get("activation") or "relu",

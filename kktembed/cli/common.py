@@ -12,10 +12,7 @@ from kktembed.errors import UsageError
 def architecture_hints(activation: str | None, arch_config: Path | None) -> dict:
     """The ``hints`` of the adapter-detection hook from --activation and --arch-config."""
     hints: dict = {}
-    if activation:
-        from kktembed.adapters.activations import parse_activation
-
-        parse_activation(activation)
+    if activation:  # validated by the adapter that claims the checkpoint (plugins may add activations)
         hints["activation"] = activation
     if arch_config:
         try:
