@@ -21,6 +21,7 @@ def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
     errors = [max(record["trajectory_error"], 1e-18) for record in records]
     axes[0].semilogy(steps, errors, color="tab:red")
     axes[0].set_title("trajectory error ‖η(t) − Tθ(t)‖")
+    axes[0].set_ylabel("exact zeros drawn at 1e-18")
     axes[1].semilogy(steps, [r["loss_narrow"] for r in records], label="narrow θ(t)")
     axes[1].semilogy(steps, [r["loss_wide"] for r in records], "--", label="wide η(t)")
     axes[1].set_title("training loss")

@@ -40,6 +40,7 @@ class PluginInfo:
     adapters: list[str] = field(default_factory=list)
     strategies: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)  # "kind:name" -> one line
 
 
 def _allowed_entry_points() -> set[str] | None:
@@ -186,6 +187,11 @@ def plugin_infos() -> list[PluginInfo]:
                 adapters=[a.name for a in adapter_map.get(name, [])],
                 strategies=[s.name for s in strategy_map.get(name, [])],
                 datasets=[d[0] for d in dataset_map.get(name, [])],
+                descriptions={
+                    **{f"adapter:{a.name}": a.description for a in adapter_map.get(name, [])},
+                    **{f"strategy:{s.name}": s.description for s in strategy_map.get(name, [])},
+                    **{f"dataset:{d[0]}": d[2] for d in dataset_map.get(name, [])},
+                },
             )
         )
     infos.sort(key=lambda info: (not info.builtin, info.name))

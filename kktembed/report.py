@@ -282,9 +282,11 @@ class Output:
         from rich.table import Table
 
         table = Table(title="kktembed plugins", title_justify="left")
-        for column in ("plugin", "version", "adapters", "split strategies", "data sets"):
+        for column in ("plugin", "version", "registers", "description"):
             table.add_column(column)
         for info in infos:
             name = info["name"] + (" (built-in)" if info["builtin"] else "")
-            table.add_row(name, info["version"], ", ".join(info["adapters"]), ", ".join(info["strategies"]), ", ".join(info["datasets"]))
+            entries = list(info["descriptions"].items()) or [("", "(registers nothing)")]
+            for index, (key, description) in enumerate(entries):
+                table.add_row(name if index == 0 else "", info["version"] if index == 0 else "", key, description)
         self._console().print(table)

@@ -49,10 +49,9 @@ def checkpoint(tmp_path):
 def test_entry_point_is_installed_and_listed():
     assert metadata.distribution("kktembed-squared-relu").version == "0.1.0"
     infos = {info["name"]: info for info in json.loads(kktembed("plugins", "--json").stdout)["plugins"]}
-    assert infos["squared_relu"] == {
-        "name": "squared_relu", "version": "0.1.0", "builtin": False,
-        "adapters": ["squared-relu-mlp"], "strategies": ["power"], "datasets": [],
-    }
+    info = infos["squared_relu"]
+    assert (info["version"], info["builtin"], info["adapters"], info["strategies"], info["datasets"]) == ("0.1.0", False, ["squared-relu-mlp"], ["power"], [])
+    assert set(info["descriptions"]) == {"adapter:squared-relu-mlp", "strategy:power"}
 
 
 def test_check_split_embed_trace_end_to_end(checkpoint, tmp_path):
