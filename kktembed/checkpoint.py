@@ -9,10 +9,12 @@ the module) and optionally ``kktembed.data`` (a data file relative to the checkp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,43 +68,41 @@ def read_safetensors(path: str | Path, error: type[CheckpointError] = Checkpoint
     return tensors, metadata
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary file in ``path``'s folder; when the block succeeds, rename it onto ``path``
+    (with the umask's permissions), so that readers never see a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 def write_safetensors(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], force: bool = False) -> Path:
-    """Write atomically (temporary file in the same folder, then rename); refuse to overwrite unless ``force``."""
+    """Write atomically; refuse to overwrite an existing file unless ``force``."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists", hint="pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, temporary, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file({key: value.detach().contiguous() for key, value in tensors.items()}, str(temporary), metadata=metadata)
     return path
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write a text file through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a text file atomically (callers decide about overwriting)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
 
 
 def _as_float64(tensors: dict[str, "torch.Tensor"], path: Path) -> dict[str, "torch.Tensor"]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kktembed.checkpoint import atomic_path
+
 
 def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Three panels in the style of the paper's Fig. (MATH.md §5): ‖η(t) − Tθ(t)‖ on a log scale,
     the losses of both networks, and their normalized margins, against the step."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,15 +35,9 @@ def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=120)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        with atomic_path(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=120)
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
-    return path
+    return Path(path)
