@@ -87,7 +87,9 @@ def check(
         network, dataset = load_network_and_data(checkpoint, data, dataset, architecture_hints(activation, arch_config))
         result = check_network(network, dataset, options, on_step)
     Output(json_output).check(result, checkpoint=str(checkpoint), data=dataset.source)
-    if save_multipliers is not None and result.multipliers is not None:
+    if save_multipliers is not None and result.multipliers is None:
+        typer.echo(f"Warning: {save_multipliers} not written: no multipliers exist (verdict {result.verdict})", err=True)
+    elif save_multipliers is not None:
         write_safetensors(
             save_multipliers,
             {"lambda": result.multipliers, "constraint_index": result.constraint_index},

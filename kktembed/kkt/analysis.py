@@ -212,6 +212,28 @@ def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network,
     return solution, trials
 
 
+@dataclass
+class Trial:
+    """A candidate λ with its measured residual vector θ̂ − Σλ∇q and complementarity δ."""
+
+    multipliers: torch.Tensor
+    residual: torch.Tensor
+    complementarity: float
+
+
+def choose_multipliers(trials: list[Trial], theta_hat: torch.Tensor, order: float) -> Trial:
+    """The trial with the smallest residual in the chosen norm; among those within
+    EPSILON_ALLOWANCE·‖θ̂‖ of it, the smallest δ, where δ within DELTA_TIE·(1 + Σλ) is a tie won by
+    the most refined trial (they come least refined first), so that two solves of the same problem
+    (a checkpoint and its isometric split) land on the same λ."""
+    norms = [float(torch.linalg.vector_norm(trial.residual, ord=order)) for trial in trials]
+    allowance = EPSILON_ALLOWANCE * float(torch.linalg.vector_norm(theta_hat, ord=order))
+    eligible = [trial for trial, value in zip(trials, norms) if value <= min(norms) + allowance]
+    least = min(trial.complementarity for trial in eligible)
+    tie = DELTA_TIE * (1.0 + max(float(trial.multipliers.sum()) for trial in eligible))
+    return next(trial for trial in reversed(eligible) if trial.complementarity <= least + tie)
+
+
 def refined_multipliers(gram: np.ndarray, q_candidates: np.ndarray, degree: int, solution: MultiplierSolution) -> list[np.ndarray]:
     """Refinements of an ℓ2 QP solution (MATH.md §3), least refined first, each to be measured:
     the active-set polish of λ, the most complementary optimal λ, and its polish."""
@@ -281,31 +303,26 @@ def check_network(
     pool_gram = gram_matrix(network, x, constraints.subset(pool), theta_hat).numpy()
     result.gram_seconds = time.perf_counter() - started
 
+    solved: dict[tuple[float, str], tuple[MultiplierSolution, torch.Tensor, float]] = {}
+
     def analyse(tol: float, norm_options: CheckOptions) -> tuple[MultiplierSolution, torch.Tensor, float]:
-        """Solve on A_τ; keep the trial with the smallest residual in the chosen norm, and among those
-        within EPSILON_ALLOWANCE (relative) of it, the smallest δ. Returns (solution, λ, ε)."""
-        inside = (q_hat[pool] <= 1 + tol).numpy()
-        candidates = pool[torch.from_numpy(inside)]
-        solution, trials = _multiplier_trials(
-            norm_options, pool_gram[np.ix_(inside, inside)], q_hat[candidates], theta_hat, theta_hat_norm, network, x, constraints.subset(candidates), degree
-        )
-        order = NORM_ORDER[norm_options.norm]
-        scale = float(torch.linalg.vector_norm(flatten_params(theta_hat), ord=order))
-        measured = []
-        for multipliers in trials:
-            full = torch.zeros(len(constraints), dtype=torch.float64)
-            full[candidates] = torch.from_numpy(multipliers)
-            residual = stationarity_vector(network, x, constraints, full, theta_hat)
-            measured.append((float(torch.linalg.vector_norm(residual, ord=order)), float((full * (q_hat - 1)).sum()), full, float(residual.norm())))
-        best = min(entry[0] for entry in measured)
-        eligible = [entry for entry in measured if entry[0] <= best + EPSILON_ALLOWANCE * scale]
-        least_delta = min(entry[1] for entry in eligible)
-        delta_tie = DELTA_TIE * (1.0 + max(float(entry[2].sum()) for entry in eligible))
-        # trials come least refined first: the most refined one within the ties wins, so that two
-        # solves of the same problem (a checkpoint and its isometric split) land on the same λ
-        _, _, full, epsilon = next(entry for entry in reversed(eligible) if entry[1] <= least_delta + delta_tie)
-        solution.refined = full is not measured[0][2]
-        return solution, full, epsilon
+        """Multipliers on A_τ, measured (see ``choose_multipliers``): (solution, λ over all constraints, ε)."""
+        key = (tol, norm_options.norm)
+        if key not in solved:
+            inside = (q_hat[pool] <= 1 + tol).numpy()
+            candidates = pool[torch.from_numpy(inside)]
+            solution, trials = _multiplier_trials(
+                norm_options, pool_gram[np.ix_(inside, inside)], q_hat[candidates], theta_hat, theta_hat_norm, network, x, constraints.subset(candidates), degree
+            )
+            measured = []
+            for multipliers in trials:
+                full = torch.zeros(len(constraints), dtype=torch.float64)
+                full[candidates] = torch.from_numpy(multipliers)
+                measured.append(Trial(full, stationarity_vector(network, x, constraints, full, theta_hat), float((full * (q_hat - 1)).sum())))
+            chosen = choose_multipliers(measured, flatten_params(theta_hat), NORM_ORDER[norm_options.norm])
+            solution.refined = chosen is not measured[0]
+            solved[key] = (solution, chosen.multipliers, float(chosen.residual.norm()))
+        return solved[key]
 
     step(f"solving the {options.norm} multiplier problem")
     solution, lam, epsilon = analyse(options.active_tol, options)
@@ -338,7 +355,7 @@ def check_network(
         for tol in ladder:
             n_candidates = int((q_hat <= 1 + tol).sum())
             if tol > widest:
-                result.profile.append(ProfileRow(tol, n_candidates, None, None, None, f"skipped: > --max-candidates"))
+                result.profile.append(ProfileRow(tol, n_candidates, None, None, None, "skipped: > --max-candidates"))
                 continue
             _, row_lambda, row_epsilon = analyse(tol, l2_options)
             row_support = int((row_lambda > options.support_tol * float(row_lambda.max())).sum()) if row_lambda.sum() > 0 else 0
