@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Reproduce the dynamics experiments of MATH.md §5 with `kktembed trace` (run from the repository root,
 # after `make setup`). Each run prints one JSON summary into docs/reproduce/<name>.json.
+# Arguments restrict the runs to those names, e.g. `bash docs/reproduce_paper.sh gd_cnn`.
 set -euo pipefail
 K=${KKTEMBED:-.venv/bin/kktembed}
 OUT=docs/reproduce
 mkdir -p "$OUT"
-run() { name=$1; shift; echo "== $name: kktembed trace $*" >&2; "$K" trace "$@" --json > "$OUT/$name.json"; }
+ONLY=" $* "
+run() {
+  name=$1; shift
+  if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return; fi
+  echo "== $name: kktembed trace $*" >&2
+  /usr/bin/time -f "   %e s" "$K" trace "$@" --json > "$OUT/$name.json"
+}
 
 run gd_separable       fixtures/paper_mlp_leaky.safetensors --split copies=2 --steps 100000 --lr 0.1 --every 1000
 run gd_nonseparable    fixtures/paper_mlp_leaky.safetensors --dataset gaussians-overlap --split copies=2 --steps 100000 --lr 0.1 --every 1000

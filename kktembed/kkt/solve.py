@@ -11,6 +11,7 @@ A solver status other than optimal raises SolverError.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -54,14 +55,26 @@ def native_stdout_silenced():
         os.close(saved)
 
 
+def quiet_cvxpy_bounds(function):
+    """cvxpy's bound propagation, while it builds ℓ1/ℓ∞ expressions over unbounded variables,
+    multiplies 0 by inf and emits RuntimeWarnings: harmless noise for the user, so silenced."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy.*")
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 def _solve(problem, solver: str, label: str, **settings) -> tuple[str, float]:
     import cvxpy as cp
 
     started = time.perf_counter()
     try:
         with native_stdout_silenced(), warnings.catch_warnings():
-            # cvxpy's bound propagation multiplies 0 by inf on unbounded variables; harmless noise
-            warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy")
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="cvxpy.*")
             # the status is checked below; an inaccurate solve is an error or a retry, not a warning
             warnings.filterwarnings("ignore", message="Solution may be inaccurate")
             problem.solve(solver=solver, **settings)
@@ -115,6 +128,7 @@ def most_complementary_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, o
     return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
 
 
+@quiet_cvxpy_bounds
 def most_complementary_lp(gradients: np.ndarray, theta_hat: np.ndarray, excess: np.ndarray, norm: str, bound: float) -> np.ndarray | None:
     """The lexicographic second stage for the ℓ1/ℓ∞ LPs: min δ s.t. ‖θ̂ − Gλ‖ ≤ ``bound``."""
     import cvxpy as cp
@@ -170,6 +184,7 @@ def polish_l2(gram: np.ndarray, b: np.ndarray, multipliers: np.ndarray, relative
     return None
 
 
+@quiet_cvxpy_bounds
 def solve_lp(gradients: np.ndarray, theta_hat: np.ndarray, excess: np.ndarray, norm: str, mu: float = 0.0) -> MultiplierSolution:
     """ℓ1 or ℓ∞ multiplier LP on G = ``gradients`` (p × n_c) (MATH.md §3), solved by HiGHS."""
     import cvxpy as cp
