@@ -29,6 +29,8 @@ CASES = {
     "qp_sum_squares_284": "ℓ2 QP written as sum_squares(Rλ), K = RᵀR, Clarabel, 284 constraints",
     "qp_quad_form_284": "ℓ2 QP, quad_form(λ, psd_wrap(K)), Clarabel, 284 constraints",
     "check_fixture": "full `check` (with τ profile) on fixtures/mlp_gd_digits38",
+    "trace_mlp_10000": "`trace` 10,000 GD steps, paper 2-1-1 leaky MLP split to 2, record every 100",
+    "trace_cnn_1000": "`trace` 1,000 GD steps, paper CNN (2 channels, 1x5x5) split to 4, record every 100",
 }
 
 
@@ -94,6 +96,17 @@ def run_case(name: str) -> dict:
         started = time.perf_counter()
         result = check_network(network, dataset, CheckOptions())
         extra = {"gram_seconds": result.gram_seconds, "solver_seconds": result.solver_seconds}
+    elif name.startswith("trace_"):
+        from kktembed.data import load_network_and_data
+        from kktembed.dynamics import TraceOptions, paired_training
+        from kktembed.splitting import plan_from_spec
+
+        fixture = "paper_mlp_leaky" if "mlp" in name else "paper_cnn"
+        network, dataset = load_network_and_data(Path(__file__).resolve().parent.parent / f"fixtures/{fixture}.safetensors")
+        steps = int(name.rsplit("_", 1)[1])
+        started = time.perf_counter()
+        paired_training(network, plan_from_spec(network, "copies=2"), dataset, TraceOptions(steps=steps, lr=0.01, every=100))
+        extra = {"ms_per_step": 1000 * (time.perf_counter() - started) / steps}
     seconds = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"case": name, "seconds": seconds, "peak_rss_mib": peak_mib, **extra}
