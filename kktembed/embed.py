@@ -15,8 +15,6 @@ from kktembed.errors import ArchitectureError, InputError
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
 from kktembed.network import Network, flatten_params
 
-EMBED_VERDICTS = ("isometric_embedding", "not_isometric", "not_embedded")
-
 
 @dataclass
 class EmbedResult:

@@ -37,8 +37,3 @@ def activation_module(spec: str):
     if kind == "leaky_relu":
         return nn.LeakyReLU(slope)
     return nn.Identity()
-
-
-def has_kink(spec: str) -> bool:
-    """Whether the activation is non-differentiable at 0 (ReLU and leaky ReLU are)."""
-    return parse_activation(spec)[0] != "identity"

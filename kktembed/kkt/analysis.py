@@ -34,7 +34,6 @@ from kktembed.kkt.solve import MultiplierSolution, most_complementary_l2, most_c
 from kktembed.network import Network, flatten_params
 
 PROFILE_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-VERDICTS = ("kkt", "approximate", "not_kkt", "not_separable")
 # Multipliers minimise ε; among those within EPSILON_ALLOWANCE·‖θ̂‖ of the minimum, the smallest δ wins
 # (δ within DELTA_TIE·(1 + Σλ) counts as a tie, won by the most refined candidate: the ε allowance
 # lets the second stage lower δ by amounts of that order that are solver noise, not structure).
@@ -191,7 +190,7 @@ def kink_counts(network: Network, x: torch.Tensor, params: dict, tol: float) -> 
 NORM_ORDER = {"l2": 2.0, "l1": 1.0, "linf": float("inf")}
 
 
-def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network, x, constraints, degree) -> tuple[MultiplierSolution, list[np.ndarray]]:
+def _multiplier_trials(options, gram, q_hat, theta_hat, network, x, constraints, degree) -> tuple[MultiplierSolution, list[np.ndarray]]:
     """Multipliers on the candidate constraints with the chosen norm (MATH.md §3): the solver's λ
     first, then refinements (with μ = 0): the most complementary λ among those with (almost) the
     optimal residual, and for ℓ2 the active-set polish of each."""
@@ -199,7 +198,7 @@ def _multiplier_trials(options, gram, q_hat, theta_hat, theta_hat_norm, network,
     b = degree * q_hat.numpy()  # b = Gᵀθ̂ = L q(θ̂), Euler's identity
     refine = options.complementarity_weight == 0
     if options.norm == "l2":
-        solution = solve_l2(gram, b, theta_hat_norm**2, excess, options.complementarity_weight)
+        solution = solve_l2(gram, b, excess, options.complementarity_weight)
         return solution, [solution.multipliers] + (refined_multipliers(gram, q_hat.numpy(), degree, solution) if refine else [])
     gradients = gradient_matrix(network, x, constraints, theta_hat).numpy()
     theta_vector = flatten_params(theta_hat).numpy()
@@ -312,7 +311,7 @@ def check_network(
             inside = (q_hat[pool] <= 1 + tol).numpy()
             candidates = pool[torch.from_numpy(inside)]
             solution, trials = _multiplier_trials(
-                norm_options, pool_gram[np.ix_(inside, inside)], q_hat[candidates], theta_hat, theta_hat_norm, network, x, constraints.subset(candidates), degree
+                norm_options, pool_gram[np.ix_(inside, inside)], q_hat[candidates], theta_hat, network, x, constraints.subset(candidates), degree
             )
             measured = []
             for multipliers in trials:

@@ -22,7 +22,6 @@ import numpy as np
 
 from kktembed.errors import SolverError
 
-NORMS = ("l2", "l1", "linf")
 # Tighter than Clarabel's defaults (1e-8): two checks of the same QP (a checkpoint and its isometric
 # split) then agree on λ and δ to ~1e-14 instead of ~1e-7. Where they cannot be reached, the
 # defaults are used.
@@ -35,7 +34,7 @@ class MultiplierSolution:
     solver: str
     status: str
     seconds: float
-    objective: float  # the solved norm of θ̂ − Gλ (ℓ2: from the Gram expansion, guarded at 0)
+    objective: float | None = None  # LPs: the optimal ‖θ̂ − Gλ‖ in their norm (bounds the second stage)
     refined: bool = False
 
 
@@ -89,8 +88,10 @@ def _solve(problem, solver: str, label: str, **settings) -> tuple[str, float]:
     return problem.status, seconds
 
 
-def solve_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.ndarray, mu: float = 0.0) -> MultiplierSolution:
-    """ℓ2 multiplier QP over the Gram matrix (MATH.md §3). ``excess`` is q − 1 on the candidates."""
+def solve_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, mu: float = 0.0) -> MultiplierSolution:
+    """ℓ2 multiplier QP over the Gram matrix (MATH.md §3). ``excess`` is q − 1 on the candidates.
+    The constant ‖θ̂‖² is left out; ε is not read off the optimal value (λᵀKλ − 2bᵀλ + ‖θ̂‖² loses
+    half the digits to cancellation near a KKT point) but measured directly by the caller."""
     import cvxpy as cp
 
     gram = (gram + gram.T) / 2
@@ -105,7 +106,7 @@ def solve_l2(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, excess: np.n
         multipliers, status, seconds = attempt(CLARABEL_SETTINGS)
     except SolverError:  # the tight tolerances were not reached: Clarabel's defaults decide
         multipliers, status, seconds = attempt({})
-    return MultiplierSolution(multipliers, "CLARABEL", status, seconds, _l2_residual(gram, b, theta_norm_sq, multipliers))
+    return MultiplierSolution(multipliers, "CLARABEL", status, seconds)
 
 
 def most_complementary_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, optimum: np.ndarray, relative_tol: float = 1e-9) -> np.ndarray | None:
@@ -145,12 +146,6 @@ def most_complementary_lp(gradients: np.ndarray, theta_hat: np.ndarray, excess: 
     if problem.status != cp.OPTIMAL or lam.value is None:
         return None
     return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
-
-
-def _l2_residual(gram: np.ndarray, b: np.ndarray, theta_norm_sq: float, multipliers: np.ndarray) -> float:
-    """‖θ̂ − Gλ‖ = sqrt(λᵀKλ − 2bᵀλ + ‖θ̂‖²), guarded against small negative rounding (MATH.md §3)."""
-    value = multipliers @ gram @ multipliers - 2 * b @ multipliers + theta_norm_sq
-    return float(np.sqrt(max(value, 0.0)))
 
 
 def polish_l2(gram: np.ndarray, b: np.ndarray, multipliers: np.ndarray, relative_tol: float = 1e-7) -> np.ndarray | None:
