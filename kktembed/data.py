@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kktembed.checkpoint import DATA_KEY, DATASET_KEY, build_network, read_checkpoint, read_safetensors, write_safetensors
-from kktembed.errors import DataError, UsageError
+from kktembed.errors import CheckpointError, DataError, UsageError
 from kktembed.network import Network
 
 
@@ -126,6 +126,8 @@ def load_network_and_data(
     data), and check that the two fit together. With ``require_data=False`` a missing data
     reference yields None instead of an error."""
     tensors, metadata = read_checkpoint(path)
+    if set(tensors) == {"x", "y"}:
+        raise CheckpointError(f"{path} holds a data set (x, y), not a checkpoint", hint="pass it with --data")
     try:
         dataset_object = resolve_data(data, dataset, metadata, Path(path))
     except UsageError:

@@ -140,3 +140,7 @@ def test_debug_shows_traceback(tmp_path):
     env = {**os.environ, "KKTEMBED_DEBUG": "1", "KKTEMBED_LOAD_PLUGINS": ""}
     result = subprocess.run([sys.executable, "-m", "kktembed", "check", str(tmp_path / "missing.safetensors")], capture_output=True, text=True, env=env)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_data_file_given_as_checkpoint(run_cli, fixtures_dir):
+    assert_one_line_error(*run_cli("check", fixtures_dir / "digits38.safetensors"), fragment="--data")
