@@ -111,22 +111,33 @@ def solve_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, mu: float = 0.
 
 def most_complementary_l2(gram: np.ndarray, b: np.ndarray, excess: np.ndarray, optimum: np.ndarray, relative_tol: float = 1e-9) -> np.ndarray | None:
     """Second, lexicographic stage: among the optimal λ of the ℓ2 QP, the one with the smallest
-    δ = Σ λ_k (q_k − 1). All optima share Gλ, hence Kλ = Kλ* and bᵀλ = bᵀλ*, so the optimal set is
-    polyhedral and this is an LP (HiGHS): min (q − 1)ᵀλ s.t. λ ≥ 0, Kλ = Kλ*, bᵀλ = bᵀλ*, the
-    equalities relaxed by ``relative_tol``. It matters when the optimum is degenerate (linearly
-    dependent gradients): an interior-point λ* then spreads over every candidate that could carry
-    weight and reports a δ that the point does not deserve. Returns None if HiGHS does not succeed."""
+    δ = Σ λ_k (q_k − 1). It matters when the optimum is degenerate (linearly dependent gradients):
+    an interior-point λ* then spreads over every candidate that could carry weight and reports a δ
+    that the point does not deserve.
+
+    All optima share Gλ = Gλ*. By complementarity they vanish outside I = {i : (Kλ* − b)_i = 0}, and
+    on I, Gλ = Gλ* ⟺ K_II λ_I = K_II λ*_I. So the optimal set is {λ ≥ 0 on I, K_II λ_I = K_II λ*_I},
+    a singleton when K_II has full rank (then None: nothing to refine), else a polytope over which
+    HiGHS minimises (q − 1)ᵀλ (equalities relaxed by ``relative_tol``)."""
     import cvxpy as cp
 
-    lam = cp.Variable(len(b), nonneg=True)
-    target = gram @ optimum
+    scale = float(np.abs(b).max()) + float(np.abs(gram).max()) * float(optimum.sum())
+    active = np.abs(gram @ optimum - b) <= relative_tol * scale
+    if not active.any():
+        return None
+    block = gram[np.ix_(active, active)]
+    if np.linalg.matrix_rank(block, tol=relative_tol * float(np.abs(block).max())) == int(active.sum()):
+        return None
+    lam = cp.Variable(int(active.sum()), nonneg=True)
+    target = block @ optimum[active]
     tolerance = relative_tol * (float(np.abs(target).max()) + float(np.abs(b).max()))
-    constraints = [cp.abs(gram @ lam - target) <= tolerance, cp.abs(b @ lam - b @ optimum) <= tolerance * max(1.0, float(optimum.sum()))]
     try:
-        _solve(cp.Problem(cp.Minimize(excess @ lam), constraints), cp.HIGHS, "complementarity stage")
+        _solve(cp.Problem(cp.Minimize(excess[active] @ lam), [cp.abs(block @ lam - target) <= tolerance]), cp.HIGHS, "complementarity stage")
     except SolverError:
         return None
-    return np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
+    refined = np.zeros_like(optimum)
+    refined[active] = np.maximum(np.asarray(lam.value, dtype=np.float64), 0.0)
+    return refined
 
 
 @quiet_cvxpy_bounds
