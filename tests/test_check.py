@@ -130,3 +130,13 @@ def test_complementarity_weight_does_not_increase_delta(fixtures_dir):
     weighted = check_network(network, dataset, CheckOptions(profile=False, active_tol=1.0, complementarity_weight=10.0))
     assert weighted.complementarity_residual <= plain.complementarity_residual + 1e-9
     assert weighted.stationarity_residual >= plain.stationarity_residual - 1e-9
+
+
+def test_lp_refuses_a_gradient_matrix_over_the_memory_limit(fixtures_dir, monkeypatch):
+    import kktembed.kkt.analysis as analysis
+    from kktembed.errors import UsageError
+
+    monkeypatch.setattr(analysis, "LP_MEMORY_LIMIT", 1000)
+    network, dataset = load(fixtures_dir, "mlp_gd_digits38")
+    with pytest.raises(UsageError, match="--norm l2"):
+        check_network(network, dataset, CheckOptions(norm="linf", profile=False))

@@ -39,6 +39,8 @@ PROFILE_TOLS = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # lets the second stage lower δ by amounts of that order that are solver noise, not structure).
 EPSILON_ALLOWANCE = 1e-9
 DELTA_TIE = 1e-6
+# The ℓ1/ℓ∞ LPs materialise G (p × n_c float64); beyond this they are refused with a hint.
+LP_MEMORY_LIMIT = 4 * 2**30
 
 
 @dataclass
@@ -200,6 +202,13 @@ def _multiplier_trials(options, gram, q_hat, theta_hat, network, x, constraints,
     if options.norm == "l2":
         solution = solve_l2(gram, b, excess, options.complementarity_weight)
         return solution, [solution.multipliers] + (refined_multipliers(gram, q_hat.numpy(), degree, solution) if refine else [])
+    needed = network.n_parameters * len(constraints) * 8
+    if needed > LP_MEMORY_LIMIT:
+        raise UsageError(
+            f"the {options.norm} LP needs the {network.n_parameters:,} × {len(constraints):,} gradient matrix "
+            f"({needed / 2**30:.1f} GiB, over the {LP_MEMORY_LIMIT / 2**30:.0f} GiB limit)",
+            hint="use --norm l2 (Gram matrix only) or a smaller --active-tol",
+        )
     gradients = gradient_matrix(network, x, constraints, theta_hat).numpy()
     theta_vector = flatten_params(theta_hat).numpy()
     solution = solve_lp(gradients, theta_vector, excess, options.norm, options.complementarity_weight)
