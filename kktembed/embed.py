@@ -65,7 +65,7 @@ def resolve_embedding(narrow: Network, wide: Network):
     if narrow.adapter.name != wide.adapter.name:
         raise ArchitectureError(f"NARROW uses adapter {narrow.adapter.name!r}, WIDE {wide.adapter.name!r}: they do not belong together")
     narrow_sha = file_sha256(narrow.path) if narrow.path else None
-    found = record.embedding_from(wide.adapter, narrow.config, narrow_sha)
+    found = record.embedding_from(wide.adapter, narrow.config)
     if found is None:
         raise InputError(
             f"{narrow.path} and {wide.path} do not belong together: no recorded split starts from NARROW's architecture",

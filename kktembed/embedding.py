@@ -203,11 +203,12 @@ class EmbeddingRecord:
         if EMBEDDING_KEY not in metadata:
             return None
         try:
-            data = json.loads(metadata[EMBEDDING_KEY])
-            stages = data["stages"]
-            for stage in stages:
-                [UnitSplit.from_dict(split) for split in stage["splits"]]
-                stage["parent_config"], stage["parent_sha256"]
+            stages = json.loads(metadata[EMBEDDING_KEY])["stages"]
+            for stage in stages:  # every field that embedding_from reads must be there and parse
+                for split in stage["splits"]:
+                    UnitSplit.from_dict(split)
+                if not isinstance(stage["parent_config"], dict) or not isinstance(stage["parent_sha256"], str):
+                    raise ValueError("parent_config must be an object and parent_sha256 a string")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"metadata {EMBEDDING_KEY} is malformed ({exc})")
         return cls(stages)
@@ -221,13 +222,12 @@ class EmbeddingRecord:
         }
         return EmbeddingRecord(self.stages + [stage])
 
-    def embedding_from(self, adapter: Adapter, narrow_config: dict, narrow_sha256: str | None) -> tuple[Embedding, dict] | None:
-        """T from the ancestor with ``narrow_config`` to the file (the stage whose sha256 matches
-        wins among several with that config), with that stage; None if no stage fits."""
-        matches = [i for i, stage in enumerate(self.stages) if stage["parent_config"] == narrow_config]
-        if not matches:
+    def embedding_from(self, adapter: Adapter, narrow_config: dict) -> tuple[Embedding, dict] | None:
+        """T from the ancestor with ``narrow_config`` to this file, with that ancestor's stage (whose
+        ``parent_sha256`` tells whether NARROW is that very file); None if no stage fits."""
+        # widths only grow along the stages, so at most one stage starts from narrow_config
+        start = next((i for i, stage in enumerate(self.stages) if stage["parent_config"] == narrow_config), None)
+        if start is None:
             return None
-        by_hash = [i for i in matches if self.stages[i]["parent_sha256"] == narrow_sha256]
-        start = (by_hash or matches)[0]
         splits = [UnitSplit.from_dict(split) for stage in self.stages[start:] for split in stage["splits"]]
         return Embedding(adapter, narrow_config, splits), self.stages[start]

@@ -152,3 +152,12 @@ def test_embed_detects_a_wide_checkpoint_that_moved_away(run_cli, fixtures_dir, 
     save_checkpoint(tmp_path / "moved.safetensors", moved, dict(wide.metadata))
     result = embed(run_cli, fixtures_dir / "mlp_gd_digits38.safetensors", tmp_path / "moved.safetensors")
     assert result["verdict"] == "not_embedded" and result["relative_embedding_error"] > 1e-5
+
+
+def test_malformed_embedding_metadata(run_cli, fixtures_dir, tmp_path):
+    from kktembed.checkpoint import load_network, save_checkpoint
+
+    split(run_cli, fixtures_dir / "mlp_gd_digits38.safetensors", tmp_path / "wide.safetensors", "--neuron", "1")
+    wide = load_network(tmp_path / "wide.safetensors")
+    save_checkpoint(tmp_path / "broken.safetensors", wide, {**wide.metadata, "kktembed.embedding": '{"stages": [{"splits": [{"layer": "0"}]}]}'})
+    assert_one_line_error(*run_cli("embed", fixtures_dir / "mlp_gd_digits38.safetensors", tmp_path / "broken.safetensors"), fragment="malformed")
