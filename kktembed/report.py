@@ -10,6 +10,9 @@ import math
 import sys
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 
 def _plain(value: Any) -> Any:
     """JSON-safe: NaN becomes null, ±inf a string, tuples lists."""
@@ -50,18 +53,15 @@ class Output:
     def __init__(self, json_output: bool = False):
         self.json_output = json_output
 
-    def _json(self, payload: dict) -> None:
-        sys.stdout.write(json.dumps(_plain(payload), indent=2) + "\n")
-
-    def _console(self):
-        from rich.console import Console
-
+    def _begin(self, payload: dict) -> Console | None:
+        """Print ``payload`` as JSON and return None (``--json``), or return the console for tables."""
+        if self.json_output:
+            sys.stdout.write(json.dumps(_plain(payload), indent=2) + "\n")
+            return None
         return Console()
 
     @staticmethod
-    def _table(title: str, rows: list[tuple[str, str]]):
-        from rich.table import Table
-
+    def _table(title: str, rows: list[tuple[str, str]]) -> Table:
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column("quantity", style="bold")
         table.add_column("value", justify="right")
@@ -71,12 +71,9 @@ class Output:
 
     def check(self, result, checkpoint: str, data: str) -> None:
         payload = {"checkpoint": checkpoint, "data": data, **result.to_dict()}
-        if self.json_output:
-            self._json(payload)
+        console = self._begin(payload)
+        if console is None:
             return
-        from rich.table import Table
-
-        console = self._console()
         r = result
         rows = [
             ("checkpoint", checkpoint),
@@ -127,12 +124,9 @@ class Output:
         console.print(f"verdict: [{VERDICT_STYLE[r.verdict]}]{r.verdict}[/] ({explanation})")
 
     def inspect(self, summary: dict) -> None:
-        if self.json_output:
-            self._json(summary)
+        console = self._begin(summary)
+        if console is None:
             return
-        from rich.table import Table
-
-        console = self._console()
         rows = [
             ("checkpoint", summary["checkpoint"]),
             ("adapter", summary["adapter"]),
@@ -157,12 +151,9 @@ class Output:
         console.print(table)
 
     def split(self, summary: dict) -> None:
-        if self.json_output:
-            self._json(summary)
+        console = self._begin(summary)
+        if console is None:
             return
-        from rich.table import Table
-
-        console = self._console()
         widths = ", ".join(
             f"{name}: {summary['widths_before'][name]} → {summary['widths_after'][name]}"
             for name in summary["widths_before"]
@@ -199,12 +190,9 @@ class Output:
 
     def embed(self, result, narrow: str, wide: str, data: str) -> None:
         payload = {"narrow": narrow, "wide": wide, "data": data, **result.to_dict()}
-        if self.json_output:
-            self._json(payload)
+        console = self._begin(payload)
+        if console is None:
             return
-        from rich.table import Table
-
-        console = self._console()
         r = result
         rows = [
             ("narrow → wide", f"{narrow} → {wide}"),
@@ -242,12 +230,9 @@ class Output:
         console.print(f"verdict: [{style}]{r.verdict}[/] (tol {r.tol:g}); {preserved}")
 
     def trace(self, summary: dict, records: list[dict]) -> None:
-        if self.json_output:
-            self._json(summary)
+        console = self._begin(summary)
+        if console is None:
             return
-        from rich.table import Table
-
-        console = self._console()
         rows = [
             ("narrow", summary["narrow"]),
             ("data", summary["data"]),
@@ -276,11 +261,9 @@ class Output:
         console.print(table)
 
     def plugins(self, infos: list[dict]) -> None:
-        if self.json_output:
-            self._json({"plugins": infos})
+        console = self._begin({"plugins": infos})
+        if console is None:
             return
-        from rich.table import Table
-
         table = Table(title="kktembed plugins", title_justify="left")
         for column in ("plugin", "version", "registers", "description"):
             table.add_column(column)
@@ -289,4 +272,4 @@ class Output:
             entries = list(info["descriptions"].items()) or [("", "(registers nothing)")]
             for index, (key, description) in enumerate(entries):
                 table.add_row(name if index == 0 else "", info["version"] if index == 0 else "", key, description)
-        self._console().print(table)
+        console.print(table)
