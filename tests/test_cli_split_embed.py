@@ -161,3 +161,13 @@ def test_malformed_embedding_metadata(run_cli, fixtures_dir, tmp_path):
     wide = load_network(tmp_path / "wide.safetensors")
     save_checkpoint(tmp_path / "broken.safetensors", wide, {**wide.metadata, "kktembed.embedding": '{"stages": [{"splits": [{"layer": "0"}]}]}'})
     assert_one_line_error(*run_cli("embed", fixtures_dir / "mlp_gd_digits38.safetensors", tmp_path / "broken.safetensors"), fragment="malformed")
+
+
+def test_tables_for_people(run_cli, fixtures_dir, tmp_path):
+    narrow = fixtures_dir / "mlp_kkt_gaussians.safetensors"
+    code, out, err = run_cli("split", narrow, "-o", tmp_path / "wide.safetensors", "--neuron", "2")
+    assert code == 0 and "‖θ‖ → ‖Tθ‖" in out and "positions" in out, err
+    code, out, err = run_cli("embed", narrow, tmp_path / "wide.safetensors")
+    assert code == 0 and "verdict: isometric_embedding" in out and "KKT check, side by side" in out, err
+    code, out, err = run_cli("trace", fixtures_dir / "paper_mlp_leaky.safetensors", "--split", "copies=2", "--steps", "20")
+    assert code == 0 and "max ‖η(t) − Tθ(t)‖" in out, err
