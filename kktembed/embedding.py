@@ -8,14 +8,16 @@ rows / filters / first-layer bias entries, ``outgoing`` factors for columns / in
 / flatten blocks. The isometric strategy uses c_i = √r_i for both, so TᵀT = I (Def. 4.6, 4.10).
 
 ``Embedding`` is a sequence of splits from a narrow config: T is their composition. It applies T
-(``apply``) and Tᵀ (``adjoint``) to state_dicts, inverts T on its image (``project``), composes
-(``then``), and serialises to the ``kktembed.embedding`` metadata of a wide checkpoint.
+and Tᵀ to state_dicts (``apply``, ``adjoint``) or flat vectors (``apply_vector``,
+``adjoint_vector``), inverts T on its image (``project``) and composes (``then``);
+``EmbeddingRecord`` serialises it to the ``kktembed.embedding`` metadata of a wide checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import torch
 
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.errors import ArchitectureError, CheckpointError
+from kktembed.network import flatten_params, unflatten_params
 
 EMBEDDING_KEY = "kktembed.embedding"
 
@@ -171,6 +174,25 @@ class Embedding:
         shapes = self.adapter.parameter_shapes(self.narrow_config)
         diagonal = self.adjoint(self.apply({key: torch.ones(shapes[key], dtype=torch.float64) for key in params}))
         return {key: value / diagonal[key] for key, value in self.adjoint(params).items()}
+
+    def apply_vector(self, vector: torch.Tensor) -> torch.Tensor:
+        """Tθ for θ as one vector, in the order of the narrow config's state_dict."""
+        return self._as_vector(self.apply(self._as_params(vector, self.narrow_config)), self.wide_config)
+
+    def adjoint_vector(self, vector: torch.Tensor) -> torch.Tensor:
+        """Tᵀθ̃ for θ̃ as one vector, in the order of the wide config's state_dict."""
+        return self._as_vector(self.adjoint(self._as_params(vector, self.wide_config)), self.narrow_config)
+
+    def _as_params(self, vector: torch.Tensor, config: dict) -> dict[str, torch.Tensor]:
+        shapes = self.adapter.parameter_shapes(config)
+        expected = sum(math.prod(shape) for shape in shapes.values())
+        if vector.numel() != expected:
+            raise ArchitectureError(f"a parameter vector of {vector.numel()} entries, this architecture has {expected}")
+        like = {key: torch.empty(shape, dtype=torch.float64) for key, shape in shapes.items()}
+        return unflatten_params(vector, like)
+
+    def _as_vector(self, params: dict[str, torch.Tensor], config: dict) -> torch.Tensor:
+        return flatten_params({key: params[key] for key in self.adapter.parameter_shapes(config)})
 
     def then(self, other: "Embedding") -> "Embedding":
         """The composition: first ``self``, then ``other`` (which must start at self's wide config)."""

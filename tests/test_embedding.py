@@ -163,3 +163,19 @@ def test_flatten_block_split_moves_whole_channel_blocks():
     assert torch.allclose(wide["3.weight"][:, :16], 0.5**0.5 * block)
     assert torch.allclose(wide["3.weight"][:, 32:48], 0.5**0.5 * block)
     assert torch.equal(wide["3.weight"][:, 16:32], theta["3.weight"][:, 16:32])
+
+
+def test_vector_forms_agree_with_state_dict_forms():
+    adapter = adapters()["mlp"]
+    config = {"widths": [3, 4, 2, 1], "activation": "relu", "first_layer_bias": True}
+    theta = random_params(adapter, config, 0)
+    c = (0.3**0.5, 0.7**0.5)
+    embedding = Embedding(adapter, config, [UnitSplit("2", 1, 2, (0.3, 0.7), c, c, "isometric")])
+    order = list(adapter.parameter_shapes(config))
+    vector = flatten_params({key: theta[key] for key in order})
+    wide = embedding.apply(theta)
+    wide_order = list(adapter.parameter_shapes(embedding.wide_config))
+    assert torch.equal(embedding.apply_vector(vector), flatten_params({key: wide[key] for key in wide_order}))
+    assert torch.allclose(embedding.adjoint_vector(embedding.apply_vector(vector)), vector, atol=1e-15)
+    with pytest.raises(Exception, match="parameter vector of 3 entries"):
+        embedding.apply_vector(torch.zeros(3, dtype=torch.float64))
