@@ -42,6 +42,7 @@ def embed(
       kktembed embed narrow.safetensors wide.safetensors --dataset digits:3,8 --json
     """
     from kktembed.cli.common import architecture_hints, progress_steps
+    from kktembed.checkpoint import load_network
     from kktembed.data import load_network_and_data
     from kktembed.embed import embed_networks
     from kktembed.errors import UsageError
@@ -53,9 +54,11 @@ def embed(
     options.validate()
     with progress_steps(not json_output) as on_step:
         on_step("loading checkpoints and data")
-        narrow_network, narrow_data = load_network_and_data(narrow, data, dataset, hints, require_data=False)
-        wide_network, wide_data = load_network_and_data(wide, data, dataset, hints, require_data=False)
-        dataset_object = narrow_data or wide_data
+        narrow_network, dataset_object = load_network_and_data(narrow, data, dataset, hints, require_data=False)
+        if dataset_object is None:  # NARROW names no data: WIDE's reference, if any
+            wide_network, dataset_object = load_network_and_data(wide, None, None, hints, require_data=False)
+        else:  # the data are read once; plain CNNs take the input shape from them
+            wide_network = load_network(wide, {**hints, "input_shape": tuple(dataset_object.x.shape[1:])})
         if dataset_object is None:
             raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
         result = embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)

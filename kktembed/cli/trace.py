@@ -49,7 +49,7 @@ def trace(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from kktembed.cli.common import architecture_hints, guard_output
-    from kktembed.checkpoint import DATA_KEY, DATASET_KEY
+    from kktembed.checkpoint import DATA_KEY, DATASET_KEY, load_network
     from kktembed.data import load_network_and_data
     from kktembed.dynamics import TraceOptions, paired_training, write_trace_outputs
     from kktembed.embed import resolve_embedding
@@ -67,7 +67,7 @@ def trace(
     options.validate(dataset_object.n_samples)
     wide_network = None
     if wide is not None:
-        wide_network, _ = load_network_and_data(wide, data, dataset, hints, require_data=False)
+        wide_network = load_network(wide, {**hints, "input_shape": tuple(dataset_object.x.shape[1:])})
         embedding, _ = resolve_embedding(network, wide_network)
     else:
         embedding = plan_from_spec(network, split)

@@ -138,8 +138,8 @@ def verdict_for(relative_epsilon: float, relative_delta: float, options: CheckOp
 
 
 def loss_weights(q: torch.Tensor, loss: str) -> torch.Tensor:
-    """−ℓ'(q_k) up to one positive factor (irrelevant for a direction): exp: e^{−(q−q_min)};
-    logistic: σ(−q) = e^{−softplus(q)}, shifted in log space the same way."""
+    """−ℓ'(q_k) up to one positive factor (irrelevant for the direction of −∇𝓛, MATH.md §2
+    Alignment): exp: e^{−(q−q_min)}; logistic: σ(−q) = e^{−softplus(q)}, shifted in log space."""
     log_weights = -q if loss == "exp" else -torch.nn.functional.softplus(q)
     return torch.exp(log_weights - log_weights.max())
 
