@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from kktembed.cli.options import Activation, ArchConfig, Checkpoint, Data, DatasetName, Force, Json
-
-
-class Norm(str, enum.Enum):
-    l2 = "l2"
-    l1 = "l1"
-    linf = "linf"
-
-
-class Loss(str, enum.Enum):
-    exp = "exp"
-    logistic = "logistic"
+from kktembed.cli.options import ActiveTol, Activation, ArchConfig, Checkpoint, Data, DatasetName, Force, Json, Loss, Norm, NormOption
 
 
 def check(
@@ -28,8 +16,8 @@ def check(
     dataset: DatasetName = None,
     activation: Activation = None,
     arch_config: ArchConfig = None,
-    norm: Annotated[Norm, typer.Option("--norm", help="Norm of the stationarity problem. l2: QP on the Gram matrix (fast). l1/linf: LPs that need the p × n_c gradient matrix (much slower, more memory).")] = Norm.l2,
-    active_tol: Annotated[float, typer.Option("--active-tol", help="τ: candidate constraints are those with q_k(θ̂) ≤ 1 + τ.")] = 0.1,
+    norm: NormOption = Norm.l2,
+    active_tol: ActiveTol = 0.1,
     complementarity_weight: Annotated[float, typer.Option("--complementarity-weight", help="μ ≥ 0: adds μ Σ λ_k (q_k − 1) to the objective.")] = 0.0,
     loss: Annotated[Loss, typer.Option("--loss", help="Loss ℓ for the alignment β = cos∠(θ, −∇𝓛).")] = Loss.exp,
     kink_tol: Annotated[float, typer.Option("--kink-tol", help="A pre-activation z is at a ReLU kink if |z| ≤ tol · max|z| of its layer.")] = 1e-6,

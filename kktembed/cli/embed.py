@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kktembed.cli.check import Norm
-from kktembed.cli.options import Activation, ArchConfig, Data, DatasetName, Json
+from kktembed.cli.options import ActiveTol, Activation, ArchConfig, Data, DatasetName, Json, Norm, NormOption
 
 
 def embed(
@@ -18,8 +17,8 @@ def embed(
     dataset: DatasetName = None,
     activation: Activation = None,
     arch_config: ArchConfig = None,
-    norm: Annotated[Norm, typer.Option("--norm", help="Norm of both multiplier problems (see `check --help`).")] = Norm.l2,
-    active_tol: Annotated[float, typer.Option("--active-tol", help="τ of both checks.")] = 0.1,
+    norm: NormOption = Norm.l2,
+    active_tol: ActiveTol = 0.1,
     tol: Annotated[float, typer.Option("--tol", help="Relative tolerance for ‖θ̃ − Tθ‖/‖Tθ‖ and max|Σc²−1| in the verdict.")] = 1e-10,
     json_output: Json = False,
 ) -> None:

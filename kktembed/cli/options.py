@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,3 +35,24 @@ ArchConfig = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+
+
+class Norm(str, enum.Enum):
+    l2 = "l2"
+    l1 = "l1"
+    linf = "linf"
+
+
+class Loss(str, enum.Enum):
+    exp = "exp"
+    logistic = "logistic"
+
+
+NormOption = Annotated[
+    Norm,
+    typer.Option(
+        "--norm",
+        help="Norm of the stationarity problem. l2: QP on the Gram matrix (fast). l1/linf: LPs that need the p × n_c gradient matrix (much slower, more memory).",
+    ),
+]
+ActiveTol = Annotated[float, typer.Option("--active-tol", help="τ: candidate constraints are those with q_k(θ̂) ≤ 1 + τ.")]

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kktembed.cli.check import Loss
-from kktembed.cli.options import Activation, ArchConfig, Checkpoint, Data, DatasetName, Force, Json
+from kktembed.cli.options import Activation, ArchConfig, Checkpoint, Data, DatasetName, Force, Json, Loss
 
 
 def trace(
