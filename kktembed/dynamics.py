@@ -18,6 +18,7 @@ import torch
 from kktembed.data import Dataset
 from kktembed.embedding import Embedding
 from kktembed.errors import UsageError
+from kktembed.losses import get_loss
 from kktembed.kkt.margins import build_constraints, margins_from_outputs, normalized_margin
 from kktembed.network import Network, flatten_params
 
@@ -38,8 +39,7 @@ class TraceOptions:
             raise UsageError(f"--steps must be a positive integer, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        if self.loss not in ("exp", "logistic"):
-            raise UsageError(f"unknown loss {self.loss!r}", hint="use exp or logistic")
+        get_loss(self.loss)
         if self.batch is not None and not 1 <= self.batch <= n_samples:
             raise UsageError(f"--batch must lie in 1..{n_samples} (the number of samples), got {self.batch}")
         if self.different_batches and self.batch is None:
@@ -77,16 +77,11 @@ class TraceResult:
         }
 
 
-def loss_of_margins(q: torch.Tensor, loss: str) -> torch.Tensor:
-    """mean ℓ(q_k): ℓ = e^{−q} or log(1 + e^{−q}) (softplus(−q), stable for large |q|)."""
-    return torch.exp(-q).mean() if loss == "exp" else torch.nn.functional.softplus(-q).mean()
-
-
 class _Trainer:
     """One network's parameters and its gradient steps on batches of samples."""
 
     def __init__(self, network: Network, dataset: Dataset, loss: str):
-        self.network, self.x, self.loss = network, dataset.x, loss
+        self.network, self.x, self.loss = network, dataset.x, get_loss(loss)
         self.constraints = build_constraints(dataset.y, network.output_dim)
         self.params = {key: value.clone().requires_grad_(True) for key, value in network.params.items()}
         self.pairs = len(self.constraints) // dataset.n_samples  # constraints per sample (1, or C − 1)
@@ -100,7 +95,7 @@ class _Trainer:
             constraints = self.constraints.subset(rows)
             constraints.sample = torch.arange(len(samples)).repeat_interleave(self.pairs)
             outputs = self.network.forward(self.x[samples], self.params)
-        return loss_of_margins(margins_from_outputs(outputs, constraints), self.loss)
+        return self.loss.mean(margins_from_outputs(outputs, constraints))
 
     def step(self, samples: torch.Tensor | None, lr: float) -> None:
         gradients = torch.autograd.grad(self.batch_loss(samples), list(self.params.values()))
@@ -115,7 +110,7 @@ class _Trainer:
         with torch.no_grad():
             q = margins_from_outputs(self.network.forward(self.x, self.params), self.constraints)
             norm = float(flatten_params(self.params).norm())
-            return float(loss_of_margins(q, self.loss)), normalized_margin(float(q.min()), norm, self.network.degree)
+            return float(self.loss.mean(q)), normalized_margin(float(q.min()), norm, self.network.degree)
 
 
 def paired_training(

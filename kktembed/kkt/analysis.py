@@ -20,6 +20,7 @@ import torch
 from kktembed.data import Dataset
 from kktembed.errors import UsageError
 from kktembed.homogeneity import verify_homogeneity
+from kktembed.losses import get_loss
 from kktembed.kkt.gram import gradient_matrix, gram_matrix, weighted_margin_gradient
 from kktembed.kkt.margins import (
     Constraints,
@@ -63,8 +64,7 @@ class CheckOptions:
             raise UsageError(f"--active-tol must be a finite number ≥ 0, got {self.active_tol}")
         if self.complementarity_weight < 0:
             raise UsageError("--complementarity-weight must be ≥ 0")
-        if self.loss not in ("exp", "logistic"):
-            raise UsageError(f"unknown loss {self.loss!r}", hint="use exp or logistic")
+        get_loss(self.loss)
         if not 0 < self.kkt_tol <= self.approx_tol:
             raise UsageError("need 0 < --kkt-tol ≤ --approx-tol")
 
@@ -146,7 +146,7 @@ def loss_weights(q: torch.Tensor, loss: str) -> torch.Tensor:
 
 def alignment(network: Network, x: torch.Tensor, constraints: Constraints, q: torch.Tensor, loss: str) -> float:
     """β = cos∠(θ, −∇𝓛(θ)), 𝓛 = Σ_k ℓ(q_k) over all constraints (MATH.md §2, Ji & Telgarsky)."""
-    descent = flatten_params(weighted_margin_gradient(network, x, constraints, loss_weights(q, loss), network.params))
+    descent = flatten_params(weighted_margin_gradient(network, x, constraints, get_loss(loss).descent_weights(q), network.params))
     theta = flatten_params(network.params)
     denominator = float(theta.norm() * descent.norm())
     return float(theta @ descent) / denominator if denominator > 0 else float("nan")
