@@ -1,24 +1,28 @@
-"""Safetensors checkpoints: safe reading, atomic writing, and turning a file into a Network.
+"""Safetensors checkpoints on disk: safe reading (files, hub-style folders, shards), atomic writing.
 
-A checkpoint is a safetensors file whose tensors are the network's state_dict. kktembed's own files
+A checkpoint is a safetensors file whose tensors are the network's state_dict, or a folder holding
+``model.safetensors`` or the shards listed by ``model.safetensors.index.json``. kktembed's own files
 carry header metadata: ``format: pt``, ``kktembed.adapter``, ``kktembed.config`` (JSON that rebuilds
 the module) and optionally ``kktembed.data`` (a data file relative to the checkpoint) or
-``kktembed.dataset`` (a named data set). Plain state_dicts are claimed by an adapter through the
-``kktembed_detect_adapter`` hook. Nothing is ever unpickled. Tensors become float64 on load.
+``kktembed.dataset`` (a named data set), ``kktembed.storage_dtype`` (when θ descends from weights
+stored in a coarser dtype than its own). Nothing is ever unpickled. Interpreting the tensors (keys,
+adapter, float64) is ``kktembed.load``'s job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kktembed.errors import ArchitectureError, CheckpointError, OutputExistsError
+from kktembed.errors import CheckpointError, OutputExistsError
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +33,12 @@ ADAPTER_KEY = "kktembed.adapter"
 CONFIG_KEY = "kktembed.config"
 DATA_KEY = "kktembed.data"
 DATASET_KEY = "kktembed.dataset"
+STEP_KEY = "kktembed.step"
+STORAGE_DTYPE_KEY = "kktembed.storage_dtype"  # the coarsest precision θ was ever stored in
+
+SINGLE_FILE = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+FOLDER_SPEC_NAMES = ("kktembed.json", "kktembed.toml")
 
 _PICKLE_HINT = "kktembed reads safetensors only and never unpickles; convert with safetensors.torch.save_file(model.state_dict(), PATH)"
 
@@ -105,82 +115,113 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def _as_float64(tensors: dict[str, "torch.Tensor"], path: Path) -> dict[str, "torch.Tensor"]:
-    import torch
-
-    converted = {}
-    for key, tensor in tensors.items():
-        if not (tensor.is_floating_point()):
-            raise CheckpointError(f"{path}: tensor {key} has dtype {tensor.dtype}, expected floating point parameters")
-        tensor = tensor.to(torch.float64)
-        if not torch.isfinite(tensor).all():
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise CheckpointError(f"{path}: tensor {key} has {bad} NaN/Inf entries", hint="the checkpoint is unusable; save a finite one")
-        converted[key] = tensor
-    return converted
-
-
-def resolve_adapter(metadata: dict[str, str], tensors: dict[str, "torch.Tensor"], hints: dict[str, Any], path: Path):
-    """Return (adapter, config) from kktembed metadata, or from the detection hook for plain files."""
-    from kktembed.plugins import adapters, get_plugin_manager
-
-    registry = adapters()
-    if ADAPTER_KEY in metadata:
-        name = metadata[ADAPTER_KEY]
-        if name not in registry:
-            raise ArchitectureError(
-                f"{path}: unknown adapter {name!r} (known: {', '.join(sorted(registry))})",
-                hint="install the plugin that provides it (see `kktembed plugins`)",
-            )
-        try:
-            config = json.loads(metadata.get(CONFIG_KEY, ""))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: metadata {CONFIG_KEY} is not valid JSON ({exc})")
-        return registry[name], config
-    shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
-    detected = get_plugin_manager().hook.kktembed_detect_adapter(tensor_shapes=shapes, hints=hints)
-    if detected is None:
-        raise ArchitectureError(
-            f"{path}: no adapter recognises these tensors ({', '.join(sorted(shapes)[:6])}{', …' if len(shapes) > 6 else ''})",
-            hint="save an nn.Sequential of bias-free Linear / Conv2d layers, or install an adapter plugin",
-        )
-    name, config = detected
-    if name not in registry:
-        raise ArchitectureError(f"{path}: detection returned unknown adapter {name!r}")
-    return registry[name], config
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
-    """(tensors as stored, metadata) of a checkpoint; ``build_network`` converts and validates them."""
-    return read_safetensors(Path(path))
+    """(tensors as stored, metadata) of a checkpoint file or folder (see ``read_stored_checkpoint``)."""
+    stored = read_stored_checkpoint(path)
+    return stored.tensors, stored.metadata
 
 
-def build_network(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], hints: dict[str, Any] | None = None) -> "Network":
-    """Turn a read checkpoint into a Network.
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """What a checkpoint path holds, before any interpretation: the tensors as stored (their own
+    dtypes), the header metadata, every file read, and the architecture spec found beside it."""
 
-    ``hints``: ``activation`` (user's --activation, for plain files; a kktembed file's own must agree),
-    ``arch_config`` (dict), ``input_shape`` (from the data).
-    """
-    from kktembed.network import Network
+    path: Path
+    tensors: dict[str, "torch.Tensor"]
+    metadata: dict[str, str]
+    files: tuple[Path, ...]
+    spec: Path | None = None
 
+
+def read_stored_checkpoint(path: str | Path) -> StoredCheckpoint:
+    """Read a safetensors file, or a folder in the layout model hubs use: ``model.safetensors``, or
+    shards ``model-0000k-of-0000n.safetensors`` listed by ``model.safetensors.index.json``. A spec
+    ``kktembed.json`` / ``kktembed.toml`` in the folder is returned with it."""
     path = Path(path)
-    hints = dict(hints or {})
-    adapter, config = resolve_adapter(metadata, tensors, hints, path)
-    stored = config.get("activation")
-    if ADAPTER_KEY in metadata and hints.get("activation") and stored is not None and hints["activation"] != stored:
-        raise ArchitectureError(
-            f"{path}: the checkpoint records activation {stored!r}, --activation says {hints['activation']!r}",
-            hint="drop --activation for checkpoints written by kktembed",
+    files, weight_map = checkpoint_files(path)
+    if weight_map is None:
+        tensors, metadata = read_safetensors(files[0])
+    else:
+        tensors, metadata = _read_shards(path / SHARD_INDEX, files, weight_map)
+    spec = next((path / name for name in FOLDER_SPEC_NAMES if (path / name).is_file()), None) if path.is_dir() else None
+    return StoredCheckpoint(path, tensors, metadata, files, spec)
+
+
+def checkpoint_files(path: Path) -> tuple[tuple[Path, ...], dict[str, str] | None]:
+    """The files a checkpoint path is read from, and the shard index's weight_map (None unless sharded)."""
+    if not path.is_dir():
+        return (path,), None
+    if (path / SINGLE_FILE).is_file():
+        return (path / SINGLE_FILE,), None
+    index_path = path / SHARD_INDEX
+    if not index_path.is_file():
+        found = sorted(entry.name for entry in path.iterdir())[:8]
+        raise CheckpointError(
+            f"{path}: a checkpoint folder needs {SINGLE_FILE} or {SHARD_INDEX} (found: {', '.join(found) or 'nothing'})",
+            hint="pass the .safetensors file itself",
         )
-    adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
-    tensors = _as_float64(tensors, path)
-    return Network(adapter=adapter, config=config, params=tensors, path=path, metadata=metadata)
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({exc})")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{index_path}: shard {name!r} is not a file name in the folder")
+    return tuple(path / name for name in names), weight_map
+
+
+def _read_shards(index_path: Path, shards: tuple[Path, ...], weight_map: dict[str, str]) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """Merge the shards, checking that each holds exactly the tensors the index assigns to it and
+    that their kktembed metadata agree."""
+    tensors: dict[str, "torch.Tensor"] = {}
+    metadata: dict[str, str] = {}
+    for shard in shards:
+        shard_tensors, shard_metadata = read_safetensors(shard)
+        expected = {name for name, target in weight_map.items() if target == shard.name}
+        if set(shard_tensors) != expected:
+            missing, extra = sorted(expected - set(shard_tensors)), sorted(set(shard_tensors) - expected)
+            raise CheckpointError(
+                f"{shard}: does not hold the tensors {index_path.name} lists"
+                + (f" (missing {', '.join(missing[:5])})" if missing else "")
+                + (f" (not in the index: {', '.join(extra[:5])})" if extra else "")
+            )
+        for key, value in shard_metadata.items():
+            if key.startswith("kktembed.") and metadata.get(key, value) != value:
+                raise CheckpointError(f"{shard}: metadata {key} differs from another shard's")
+            metadata.setdefault(key, value)
+        tensors.update(shard_tensors)
+    return tensors, metadata
+
+
+def source_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint's content: of its file, or for a sharded folder of the shards' names
+    and digests (a folder with model.safetensors has that file's digest)."""
+    files, _ = checkpoint_files(Path(path))
+    if len(files) == 1:
+        return file_sha256(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_network(path: str | Path, hints: dict[str, Any] | None = None) -> "Network":
-    """Read a checkpoint and build its float64 Network (see ``build_network`` for ``hints``)."""
-    tensors, metadata = read_checkpoint(path)
-    return build_network(path, tensors, metadata, hints)
+    """Read a checkpoint and build its float64 Network; ``hints`` as for ``kktembed.load.load_network``
+    (``activation``, ``arch_config``, ``layers``, ``input_shape``)."""
+    from kktembed.load import load_network as load
+
+    return load(path, hints=hints)
 
 
 def checkpoint_metadata(network: "Network", extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -53,3 +53,8 @@ class UsageError(KktembedError):
 
 class OutputExistsError(KktembedError):
     """Refusing to overwrite an existing output without --force."""
+
+
+class KktembedWarning(UserWarning):
+    """Something the user should know about a result (low storage precision, a guessed layer
+    order, …). The CLI prints it as one ``Warning:`` line on stderr."""

@@ -11,14 +11,20 @@ import torch
 
 from kktembed.adapters.base import Adapter
 
+FLOAT64_UNIT_ROUNDOFF = 2.0**-53
+
 
 @dataclass
 class Network:
+    """θ with what interprets it. ``load_report`` (a ``kktembed.load.LoadReport``) says where θ came
+    from and in which precision it was stored; networks made in memory have none (float64)."""
+
     adapter: Adapter
     config: dict[str, Any]
     params: dict[str, torch.Tensor]
     path: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    load_report: Any = None
 
     @cached_property
     def module(self) -> torch.nn.Module:
@@ -56,7 +62,13 @@ class Network:
         params = params if params is not None else self.params
         return float(torch.sqrt(sum((t * t).sum() for t in params.values())))
 
+    @property
+    def unit_roundoff(self) -> float:
+        """u of the dtype θ was stored in (float64: 2⁻⁵³): θ itself is only known to a relative u."""
+        return self.load_report.unit_roundoff if self.load_report is not None else FLOAT64_UNIT_ROUNDOFF
+
     def with_params(self, params: dict[str, torch.Tensor]) -> "Network":
+        """The same architecture with other parameters (computed in float64: no storage report)."""
         return Network(self.adapter, self.config, params, self.path, self.metadata)
 
 

@@ -69,18 +69,19 @@ class Output:
             table.add_row(name, value)
         return table
 
-    def check(self, result, checkpoint: str, data: str) -> None:
-        payload = {"checkpoint": checkpoint, "data": data, **result.to_dict()}
-        console = self._begin(payload)
+    def check(self, result) -> None:
+        """A ``CheckResult``: the quantities table, the τ profile, the verdict."""
+        console = self._begin(result.to_dict())
         if console is None:
             return
         r = result
         rows = [
-            ("checkpoint", checkpoint),
-            ("data", data),
+            ("checkpoint", r.checkpoint or "–"),
+            ("data", r.data or "–"),
             ("adapter / activation", f"{r.adapter} / {r.activation or '–'}"),
             ("degree L (Euler error)", f"{r.degree} ({fmt(r.euler_error, 2)})"),
             ("parameters p", fmt(r.n_parameters)),
+            ("stored as (precision floor L·u)", f"{r.storage_dtype} ({fmt(r.precision_floor, 2)})"),
             ("samples / constraints", f"{fmt(r.n_samples)} / {fmt(r.n_constraints)}"),
             ("training accuracy", f"{r.accuracy:.4f}"),
             ("q_min", fmt(r.q_min)),
@@ -122,23 +123,35 @@ class Output:
             "not_separable": "q_min ≤ 0: the data are not separated, no KKT analysis is possible",
         }[r.verdict]
         console.print(f"verdict: [{VERDICT_STYLE[r.verdict]}]{r.verdict}[/] ({explanation})")
+        if r.verdict_note:
+            console.print(f"note: {r.verdict_note}")
 
-    def inspect(self, summary: dict) -> None:
+    def inspect(self, result) -> None:
+        """An ``InspectResult``."""
+        summary = result.to_dict()
         console = self._begin(summary)
         if console is None:
             return
+        load = summary["load"] or {}
         rows = [
             ("checkpoint", summary["checkpoint"]),
             ("adapter", summary["adapter"]),
             ("activation", str(summary["activation"])),
             ("input shape → outputs", f"{tuple(summary['input_shape'])} → {summary['output_dim']}"),
             ("parameters", fmt(summary["n_parameters"])),
+            ("stored as (precision floor L·u)", f"{summary['storage_dtype']} ({fmt(summary['precision_floor'], 2)})"),
             ("‖θ‖", fmt(summary["theta_norm"])),
             ("degree L", str(summary["degree"])),
             ("scaling / Euler error", f"{fmt(summary['scaling_error'], 2)} / {fmt(summary['euler_error'], 2)}"),
             ("homogeneous", fmt(summary["homogeneous"])),
             ("hidden layers (units)", ", ".join(f"{h['name']}: {h['width']}" for h in summary["hidden_layers"]) or "none"),
         ]
+        if load.get("stripped_prefixes"):
+            rows.append(("wrapper prefixes stripped", " ".join(load["stripped_prefixes"])))
+        if load and not load.get("native") and load.get("layer_order"):
+            rows.append(("layer order (from names and shapes)", " → ".join(load["layer_order"])))
+        if load.get("spec"):
+            rows.append(("architecture spec", load["spec"]))
         if summary["data"]:
             data = summary["data"]
             rows.append(("data", f"{data['source']}: {data['n_samples']} samples, labels {data['labels']}"))
@@ -150,7 +163,29 @@ class Output:
             table.add_row(layer["name"], layer["kind"], fmt(layer["parameters"]))
         console.print(table)
 
-    def split(self, summary: dict) -> None:
+    def convert(self, result) -> None:
+        """A ``ConvertResult``."""
+        console = self._begin(result.to_dict())
+        if console is None:
+            return
+        load = result.load
+        rows = [
+            ("input", result.source),
+            ("output", result.output),
+            ("adapter / activation", f"{result.adapter} / {result.config.get('activation', '–')}"),
+            ("degree L (Euler error)", f"{result.degree} ({fmt(result.euler_error, 2)})"),
+            ("parameters", fmt(result.n_parameters)),
+            ("stored as", result.storage_dtype),
+            ("wrapper prefixes stripped", " ".join(load["stripped_prefixes"]) or "none"),
+            ("layer order", " → ".join(load["layer_order"] or []) or "–"),
+            ("data recorded", result.data or "none"),
+            ("outputs verified against reference", fmt(result.reconstruction_verified)),
+        ]
+        console.print(self._table("kktembed convert", rows))
+
+    def split(self, result) -> None:
+        """A ``SplitResult``."""
+        summary = result.to_dict()
         console = self._begin(summary)
         if console is None:
             return
@@ -229,7 +264,9 @@ class Output:
         preserved = {True: "KKT quality preserved", False: "KKT quality NOT preserved", None: "no KKT comparison (not separable)"}[r.kkt_preserved]
         console.print(f"verdict: [{style}]{r.verdict}[/] (tol {r.tol:g}); {preserved}")
 
-    def trace(self, summary: dict, records: list[dict]) -> None:
+    def trace(self, report) -> None:
+        """A ``TraceReport``: summary table and a few rows of the series."""
+        summary, records = report.to_dict(), report.records
         console = self._begin(summary)
         if console is None:
             return
@@ -260,7 +297,9 @@ class Output:
             table.add_row(str(r["step"]), fmt(r["trajectory_error"]), fmt(r["loss_narrow"]), fmt(r["loss_wide"]), fmt(r["normalized_margin_narrow"]), fmt(r["normalized_margin_wide"]))
         console.print(table)
 
-    def plugins(self, infos: list[dict]) -> None:
+    def plugins(self, plugins) -> None:
+        """The ``PluginInfo`` of every loaded plugin."""
+        infos = [dict(info.__dict__) for info in plugins]
         console = self._begin({"plugins": infos})
         if console is None:
             return

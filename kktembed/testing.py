@@ -116,7 +116,8 @@ def adapter_report(
     seed: int = 0,
 ) -> ConformanceReport:
     """Run every check of the kit; never raises for a failing check (see ``assert_adapter_conforms``)."""
-    from kktembed.checkpoint import ADAPTER_KEY, CONFIG_KEY, build_network, read_checkpoint, save_checkpoint
+    from kktembed.checkpoint import ADAPTER_KEY, CONFIG_KEY, read_checkpoint, save_checkpoint
+    from kktembed.load import load_network
     from kktembed.plugins import adapters, split_strategies
 
     report = ConformanceReport(adapter.name)
@@ -173,7 +174,7 @@ def adapter_report(
         try:
             save_checkpoint(path, network)
             tensors, metadata = read_checkpoint(path)  # the registry is bypassed: the adapter may not be installed yet
-            loaded = build_network(path, tensors, metadata) if metadata[ADAPTER_KEY] in adapters() else Network(
+            loaded = load_network(path) if metadata[ADAPTER_KEY] in adapters() else Network(
                 adapter, json.loads(metadata[CONFIG_KEY]), {key: value.to(torch.float64) for key, value in tensors.items()}
             )
             same = metadata[ADAPTER_KEY] == adapter.name and loaded.config == config and torch.equal(loaded.forward(x), network.forward(x))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from kktembed.data import load_network_and_data
+from kktembed.load import load_network_and_data
 from kktembed.kkt.analysis import CheckOptions, check_network
 
 
@@ -133,10 +133,10 @@ def test_complementarity_weight_does_not_increase_delta(fixtures_dir):
 
 
 def test_lp_refuses_a_gradient_matrix_over_the_memory_limit(fixtures_dir, monkeypatch):
-    import kktembed.kkt.analysis as analysis
+    import kktembed.kkt.norms as norms
     from kktembed.errors import UsageError
 
-    monkeypatch.setattr(analysis, "LP_MEMORY_LIMIT", 1000)
+    monkeypatch.setattr(norms, "LP_MEMORY_LIMIT", 1000)
     network, dataset = load(fixtures_dir, "mlp_gd_digits38")
     with pytest.raises(UsageError, match="--norm l2"):
         check_network(network, dataset, CheckOptions(norm="linf", profile=False))

@@ -87,10 +87,12 @@ class Adapter:
     # -- helpers built on the required methods -------------------------------------------
 
     def layers(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        """Human-readable layer table for ``inspect``: dicts with at least ``name`` and ``kind``."""
-        module = self.build(config)
+        """Human-readable layer table for ``inspect``: dicts with at least ``name`` and ``kind``,
+        in network order (modules built by ``kktembed.adapters.layers.keyed_sequential`` know it)."""
+        module = self.build_on_meta(config)
+        children = module.ordered_children() if hasattr(module, "ordered_children") else module.named_children()
         rows = []
-        for name, child in module.named_children():
+        for name, child in children:
             n_params = sum(p.numel() for p in child.parameters())
             rows.append({"name": name, "kind": type(child).__name__, "parameters": n_params})
         return rows
@@ -101,11 +103,19 @@ class Adapter:
             return tuple(config["input_shape"])
         from torch import nn
 
-        first = next(m for m in self.build(config).modules() if isinstance(m, nn.Linear))
+        first = next(m for m in self.build_on_meta(config).modules() if isinstance(m, nn.Linear))
         return (first.in_features,)
 
+    def build_on_meta(self, config: dict[str, Any]) -> "torch.nn.Module":
+        """``build(config)`` on torch's meta device: shapes without allocating any memory, so that a
+        config is checked against a checkpoint before anything of its size exists."""
+        import torch
+
+        with torch.device("meta"):
+            return self.build(config)
+
     def parameter_shapes(self, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        return {key: tuple(t.shape) for key, t in self.build(config).state_dict().items()}
+        return {key: tuple(t.shape) for key, t in self.build_on_meta(config).state_dict().items()}
 
     def check_shapes(self, config: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]]) -> None:
         """Raise ArchitectureError unless the checkpoint's tensors are exactly the module's."""

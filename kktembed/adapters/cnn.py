@@ -10,12 +10,11 @@ H·W flatten columns [j·HW, (j+1)·HW) of the first Linear (MATH.md §4, Def. 4
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
-from kktembed.adapters.mlp import numbered_weight_layers
+from kktembed.adapters.layers import keyed_sequential, ordered_layers, weight_layers
 from kktembed.errors import ArchitectureError
 
 POOL_HELP = 'pool is null, "avg:K", "max:K" or "MODE:K:STRIDE"'
@@ -37,7 +36,9 @@ def parse_pool(spec: str | None) -> tuple[str, int, int] | None:
 
 
 def _pair(value) -> list[int]:
-    return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
+    """3 → [3, 3]; [3] → [3, 3]; [2, 3] → [2, 3]."""
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    return [int(v) for v in (values * 2 if len(values) == 1 else values)]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -74,10 +75,10 @@ class CNNAdapter(Adapter):
         import torch
         from torch import nn
 
-        modules: OrderedDict[str, nn.Module] = OrderedDict()
+        steps: list[tuple[str, nn.Module]] = []
         channels = config["input_shape"][0]
         for i, layer in enumerate(config["conv"]):
-            modules[layer["key"]] = nn.Conv2d(
+            conv = nn.Conv2d(
                 channels,
                 layer["out_channels"],
                 kernel_size=tuple(layer["kernel_size"]),
@@ -86,21 +87,21 @@ class CNNAdapter(Adapter):
                 bias=bool(config.get("first_layer_bias")) and i == 0,
                 dtype=torch.float64,
             )
-            modules[f"conv_act{i}"] = activation_module(config["activation"])
+            steps += [(layer["key"], conv), (f"conv_act{i}", activation_module(config["activation"]))]
             pool = parse_pool(layer.get("pool"))
             if pool:
                 mode, kernel, stride = pool
                 pool_class = nn.AvgPool2d if mode == "avg" else nn.MaxPool2d
-                modules[f"pool{i}"] = pool_class(kernel, stride)
+                steps.append((f"pool{i}", pool_class(kernel, stride)))
             channels = layer["out_channels"]
-        modules["flatten"] = nn.Flatten()
+        steps.append(("flatten", nn.Flatten()))
         features = flatten_features(config)
         for i, layer in enumerate(config["linear"]):
-            modules[layer["key"]] = nn.Linear(features, layer["out_features"], bias=False, dtype=torch.float64)
+            steps.append((layer["key"], nn.Linear(features, layer["out_features"], bias=False, dtype=torch.float64)))
             if i < len(config["linear"]) - 1:
-                modules[f"linear_act{i}"] = activation_module(config["activation"])
+                steps.append((f"linear_act{i}", activation_module(config["activation"])))
             features = layer["out_features"]
-        return nn.Sequential(modules)
+        return keyed_sequential(steps)
 
     def degree(self, config: dict[str, Any]) -> int:
         return len(config["conv"]) + len(config["linear"])
@@ -154,49 +155,51 @@ def _per_layer(value, n_layers: int, name: str) -> list:
 
 
 def detect_cnn(tensor_shapes: dict[str, tuple[int, ...]], hints: dict[str, Any]) -> tuple[str, dict] | None:
-    """Claim an nn.Sequential of Conv2d layers followed by Linear layers (MATH.md §1)."""
-    layers = numbered_weight_layers(tensor_shapes)
-    if layers is None or len(layers[0][1]) != 4:
+    """Claim Conv2d layers followed by Linear layers under any key names (MATH.md §1); what weights
+    cannot tell (stride, padding, pooling, input shape) comes from the architecture spec."""
+    scan = weight_layers(tensor_shapes)
+    if scan is None or not any(layer.is_conv for layer in scan.layers):
         return None
-    parse_activation(hints.get("activation") or "relu")
-    n_conv = sum(1 for _, shape in layers if len(shape) == 4)
-    if any(len(shape) != 4 for _, shape in layers[:n_conv]) or n_conv == len(layers):
+    activation = hints.get("activation") or "relu"
+    parse_activation(activation)
+    if all(layer.is_conv for layer in scan.layers):
         raise ArchitectureError("a CNN checkpoint needs Conv2d layers followed by at least one Linear layer")
     arch = hints.get("arch_config") or {}
     input_shape = arch.get("input_shape") or hints.get("input_shape")
     if input_shape is None:
         raise ArchitectureError(
             "a plain CNN checkpoint needs the input shape",
-            hint='pass --data/--dataset, or "input_shape": [C, H, W] in --arch-config',
+            hint='pass --data/--dataset, or "input_shape": [C, H, W] in the --arch spec (or --arch-config)',
         )
-    strides = _per_layer(arch.get("stride", 1), n_conv, "stride")
-    paddings = _per_layer(arch.get("padding", 0), n_conv, "padding")
-    pools = _per_layer(arch.get("pool"), n_conv, "pool")
-    conv = []
-    for i, (key, shape) in enumerate(layers[:n_conv]):
-        conv.append(
-            {
-                "key": key,
-                "out_channels": shape[0],
-                "kernel_size": [shape[2], shape[3]],
-                "stride": _pair(strides[i]),
-                "padding": _pair(paddings[i]),
-                "pool": pools[i],
-            }
-        )
+    layers = ordered_layers(scan, {**hints, "input_shape": input_shape})
+    convs = [layer for layer in layers if layer.is_conv]
+    strides = _per_layer(arch.get("stride", 1), len(convs), "stride")
+    paddings = _per_layer(arch.get("padding", 0), len(convs), "padding")
+    pools = _per_layer(arch.get("pool"), len(convs), "pool")
+    conv = [
+        {
+            "key": layer.key,
+            "out_channels": layer.outputs,
+            "kernel_size": [layer.shape[2], layer.shape[3]],
+            "stride": _pair(strides[i]),
+            "padding": _pair(paddings[i]),
+            "pool": pools[i],
+        }
+        for i, layer in enumerate(convs)
+    ]
     config = {
         "input_shape": [int(v) for v in input_shape],
-        "activation": hints.get("activation") or "relu",
-        "first_layer_bias": f"{layers[0][0]}.bias" in tensor_shapes,
+        "activation": activation,
+        "first_layer_bias": layers[0].has_bias,
         "conv": conv,
-        "linear": [{"key": key, "out_features": shape[0]} for key, shape in layers[n_conv:]],
+        "linear": [{"key": layer.key, "out_features": layer.outputs} for layer in layers[len(convs):]],
     }
+    first_linear = layers[len(convs)]
     expected = flatten_features(config)
-    actual = layers[n_conv][1][1]
-    if expected != actual:
+    if expected != first_linear.inputs:
         raise ArchitectureError(
-            f"tensor {layers[n_conv][0]}.weight has {actual} input features but the conv layers flatten to "
+            f"tensor {first_linear.key}.weight has {first_linear.inputs} input features but the conv layers flatten to "
             f"{expected} for input shape {config['input_shape']}",
-            hint="set stride, padding, pool or input_shape in --arch-config",
+            hint="set stride, padding, pool or input_shape in the --arch spec (or --arch-config)",
         )
     return "cnn", config

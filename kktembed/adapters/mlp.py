@@ -2,18 +2,19 @@
 
 Config: ``widths`` [d, h_1, …, h_{L-1}, C], ``activation`` (relu | leaky_relu:SLOPE | identity),
 ``first_layer_bias`` (bool) and ``keys`` (the module name of each Linear, i.e. the state_dict
-prefix; an ``nn.Sequential`` with activations in between uses "0", "2", "4", …).
+prefix, in network order: "0", "2", "4", … for an ``nn.Sequential`` with activations in between,
+or any names such as "fc1", "layers.0", "encoder.fc").
 Degree L = number of Linear layers (MATH.md §1). A first-layer bias is a weight on a constant
 input and keeps homogeneity; later biases do not.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
+from kktembed.adapters.layers import keyed_sequential, ordered_layers, weight_layers
 from kktembed.errors import ArchitectureError
 
 
@@ -23,7 +24,8 @@ def sequential_keys(n_layers: int) -> list[str]:
 
 
 def activation_names(keys: list[str]) -> list[str]:
-    """Names for the activation after each hidden weight layer that do not collide with ``keys``."""
+    """Names for the activation after each hidden weight layer that do not collide with ``keys``
+    (``1`` between ``0`` and ``2`` as in an nn.Sequential, else ``act0``, ``act1``, …)."""
     names = []
     for i in range(len(keys) - 1):
         current, following = keys[i], keys[i + 1]
@@ -45,13 +47,13 @@ class MLPAdapter(Adapter):
         widths = config["widths"]
         keys = config.get("keys") or sequential_keys(len(widths) - 1)
         act_names = activation_names(keys)
-        modules: OrderedDict[str, nn.Module] = OrderedDict()
+        steps = []
         for i, key in enumerate(keys):
             bias = bool(config.get("first_layer_bias")) and i == 0
-            modules[key] = nn.Linear(widths[i], widths[i + 1], bias=bias, dtype=torch.float64)
+            steps.append((key, nn.Linear(widths[i], widths[i + 1], bias=bias, dtype=torch.float64)))
             if i < len(keys) - 1:
-                modules[act_names[i]] = activation_module(config["activation"])
-        return nn.Sequential(modules)
+                steps.append((act_names[i], activation_module(config["activation"])))
+        return keyed_sequential(steps)
 
     def degree(self, config: dict[str, Any]) -> int:
         return len(config["widths"]) - 1
@@ -78,63 +80,19 @@ class MLPAdapter(Adapter):
         return {**config, "widths": widths, "keys": keys}
 
 
-def numbered_weight_layers(tensor_shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]] | None:
-    """``[(key, weight shape)]`` in numeric order for an nn.Sequential state_dict, else None.
-
-    Raises ArchitectureError naming a tensor that makes the network non-homogeneous.
-    """
-    weights: dict[int, tuple[int, ...]] = {}
-    for name, shape in tensor_shapes.items():
-        prefix, _, leaf = name.rpartition(".")
-        if not prefix.isdigit():
-            return None
-        if leaf in ("running_mean", "running_var", "num_batches_tracked"):
-            raise ArchitectureError(
-                f"tensor {name} belongs to a normalization layer, which breaks homogeneity",
-                hint="only bias-free Linear/Conv2d layers (first-layer bias allowed) are homogeneous",
-            )
-        if leaf == "weight":
-            weights[int(prefix)] = tuple(shape)
-        elif leaf != "bias":
-            return None
-    if not weights:
-        return None
-    ordered = [(str(index), weights[index]) for index in sorted(weights)]
-    first_key = ordered[0][0]
-    for name, shape in tensor_shapes.items():
-        prefix, _, leaf = name.rpartition(".")
-        if leaf == "bias" and prefix != first_key:
-            raise ArchitectureError(
-                f"tensor {name} is a bias after the first layer, which breaks homogeneity",
-                hint="retrain without it (bias=False) or remove it; only a first-layer bias is allowed",
-            )
-        if leaf == "bias" and prefix not in {key for key, _ in ordered}:
-            raise ArchitectureError(f"tensor {name} has no matching weight")
-        if leaf == "weight" and len(shape) not in (2, 4):
-            raise ArchitectureError(
-                f"tensor {name} with shape {tuple(shape)} is not a Linear or Conv2d weight",
-                hint="normalization layers break homogeneity",
-            )
-    return ordered
-
-
 def detect_mlp(tensor_shapes: dict[str, tuple[int, ...]], hints: dict[str, Any]) -> tuple[str, dict] | None:
-    """Claim an nn.Sequential of Linear layers (MATH.md §1): every weight 2-D, widths chained."""
-    layers = numbered_weight_layers(tensor_shapes)
-    if layers is None or any(len(shape) != 2 for _, shape in layers):
+    """Claim a stack of Linear layers under any key names (MATH.md §1): every weight 2-D, widths
+    chained, at most a first-layer bias (``kktembed.adapters.layers.ordered_layers``)."""
+    scan = weight_layers(tensor_shapes)
+    if scan is None or any(layer.is_conv for layer in scan.layers):
         return None
-    widths = [layers[0][1][1]]
-    for key, (out_features, in_features) in layers:
-        if in_features != widths[-1]:
-            raise ArchitectureError(
-                f"tensor {key}.weight expects {in_features} inputs but the previous layer has {widths[-1]} outputs"
-            )
-        widths.append(out_features)
-    parse_activation(hints.get("activation") or "relu")
+    layers = ordered_layers(scan, hints)
+    activation = hints.get("activation") or "relu"
+    parse_activation(activation)
     config = {
-        "widths": widths,
-        "activation": hints.get("activation") or "relu",
-        "first_layer_bias": f"{layers[0][0]}.bias" in tensor_shapes,
-        "keys": [key for key, _ in layers],
+        "widths": [layers[0].inputs] + [layer.outputs for layer in layers],
+        "activation": activation,
+        "first_layer_bias": layers[0].has_bias,
+        "keys": [layer.key for layer in layers],
     }
     return "mlp", config

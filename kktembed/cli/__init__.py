@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from kktembed.cli import check, embed, inspect, plugins, split, trace
+from kktembed.cli import check, convert, embed, inspect, plugins, split, trace
 from kktembed.errors import KktembedError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
         "  kktembed check fixtures/mlp_gd_digits38.safetensors\n\n"
         "  kktembed check model.safetensors --dataset digits:3,8 --json\n\n"
         "  kktembed inspect model.safetensors\n\n"
+        "  kktembed convert plain.safetensors -o native.safetensors --data train.safetensors\n\n"
         "  kktembed plugins"
     ),
     no_args_is_help=True,
@@ -35,6 +36,7 @@ app.command("inspect")(inspect.inspect)
 app.command("split")(split.split)
 app.command("embed")(embed.embed)
 app.command("trace")(trace.trace)
+app.command("convert")(convert.convert)
 app.command("plugins")(plugins.plugins)
 
 

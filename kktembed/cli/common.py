@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from kktembed.errors import UsageError
 
 
-def architecture_hints(activation: str | None, arch_config: Path | None) -> dict:
-    """The ``hints`` of the adapter-detection hook from --activation and --arch-config."""
-    hints: dict = {}
-    if activation:  # validated by the adapter that claims the checkpoint (plugins may add activations)
-        hints["activation"] = activation
-    if arch_config:
-        try:
-            hints["arch_config"] = json.loads(Path(arch_config).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"{arch_config}: no such file")
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{arch_config}: not valid JSON ({exc})")
-        if not isinstance(hints["arch_config"], dict):
-            raise UsageError(f"{arch_config}: expected a JSON object")
-    return hints
+def arch_spec(arch: Path | None, arch_config: Path | None, activation: str | None, layers: str | None):
+    """The architecture spec from --arch (or its older name --arch-config), --activation and --layers;
+    validated before torch loads."""
+    from kktembed.archspec import ArchSpec
+
+    if arch is not None and arch_config is not None:
+        raise UsageError("--arch and --arch-config are the same option; give one")
+    path = arch if arch is not None else arch_config
+    spec = ArchSpec.from_file(path) if path is not None else ArchSpec()
+    return spec.with_options(activation=activation, layers=layers)
 
 
 @contextlib.contextmanager
@@ -37,15 +31,3 @@ def progress_steps(enabled: bool = True):
     console = Console(stderr=True)
     with console.status("starting") as status:
         yield lambda message: status.update(f"{message} …")
-
-
-def guard_output(path: Path, force: bool, inputs: list[Path | None]) -> None:
-    """Refuse an output that is one of the inputs (even with --force) or that exists without --force."""
-    from kktembed.errors import OutputExistsError
-
-    target = Path(path).resolve()
-    for source in inputs:
-        if source is not None and Path(source).resolve() == target:
-            raise UsageError(f"{path} is an input of this command; refusing to overwrite it", hint="choose another output file")
-    if target.exists() and not force:
-        raise OutputExistsError(f"{path} exists", hint="pass --force to overwrite it")

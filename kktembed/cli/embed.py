@@ -1,4 +1,4 @@
-"""``kktembed embed``: embedding errors between a narrow and a wide checkpoint (MATH.md §4)."""
+"""``kktembed embed``: embedding errors between a narrow and a wide checkpoint (docs/MATH.md §4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from kktembed.cli.options import ActiveTol, Activation, ArchConfig, Data, DatasetName, Json, Norm, NormOption
+from kktembed.validation import require_number
+
+from kktembed.cli.options import ActiveTol, Activation, Arch, ArchConfig, Data, DatasetName, Json, Layers, Norm, NormOption
 
 
 def embed(
@@ -16,7 +18,9 @@ def embed(
     data: Data = None,
     dataset: DatasetName = None,
     activation: Activation = None,
+    arch: Arch = None,
     arch_config: ArchConfig = None,
+    layers: Layers = None,
     norm: NormOption = Norm.l2,
     active_tol: ActiveTol = 0.1,
     tol: Annotated[float, typer.Option("--tol", help="Relative tolerance for ‖θ̃ − Tθ‖/‖Tθ‖ and max|Σc²−1| in the verdict.")] = 1e-10,
@@ -40,25 +44,13 @@ def embed(
 
       kktembed embed narrow.safetensors wide.safetensors --dataset digits:3,8 --json
     """
-    from kktembed.cli.common import architecture_hints, progress_steps
-    from kktembed.checkpoint import load_network
-    from kktembed.data import load_network_and_data
-    from kktembed.embed import embed_networks
-    from kktembed.errors import UsageError
-    from kktembed.kkt.analysis import CheckOptions
+    from kktembed.api import embed as embed_checkpoints
+    from kktembed.cli.common import arch_spec, progress_steps
     from kktembed.report import Output
 
-    hints = architecture_hints(activation, arch_config)
-    options = CheckOptions(norm=norm.value, active_tol=active_tol, profile=False)
-    options.validate()
+    require_number(tol, "--tol", low=0.0)
+    spec = arch_spec(arch, arch_config, activation, layers)
     with progress_steps(not json_output) as on_step:
         on_step("loading checkpoints and data")
-        narrow_network, dataset_object = load_network_and_data(narrow, data, dataset, hints, require_data=False)
-        if dataset_object is None:  # NARROW names no data: WIDE's reference, if any
-            wide_network, dataset_object = load_network_and_data(wide, None, None, hints, require_data=False)
-        else:  # the data are read once; plain CNNs take the input shape from them
-            wide_network = load_network(wide, {**hints, "input_shape": tuple(dataset_object.x.shape[1:])})
-        if dataset_object is None:
-            raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
-        result = embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)
-    Output(json_output).embed(result, narrow=str(narrow), wide=str(wide), data=dataset_object.source)
+        result = embed_checkpoints(narrow, wide, arch=spec, data=data, dataset=dataset, norm=norm.value, active_tol=active_tol, tol=tol, on_step=on_step)
+    Output(json_output).embed(result, narrow=str(narrow), wide=str(wide), data=result.narrow.data)

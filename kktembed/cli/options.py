@@ -25,13 +25,22 @@ Activation = Annotated[
         show_default=False,
     ),
 ]
-ArchConfig = Annotated[
+Arch = Annotated[
     Optional[Path],
     typer.Option(
-        "--arch-config",
-        help='JSON file with what weights cannot tell, e.g. {"stride": 1, "padding": 1, "pool": "avg:2", "input_shape": [1, 8, 8]}.',
+        "--arch",
+        help="Architecture spec (JSON or TOML) for a plain checkpoint: layers (in order), activation, stride, padding, "
+        'pool, input_shape, e.g. {"layers": ["conv1", "fc"], "padding": 1, "pool": "avg:2"}. See docs/checkpoints.md.',
         show_default=False,
     ),
+]
+ArchConfig = Annotated[
+    Optional[Path],
+    typer.Option("--arch-config", help="The older name of --arch (same file format).", show_default=False),
+]
+Layers = Annotated[
+    Optional[str],
+    typer.Option("--layers", help="Weight layers of a plain checkpoint in network order, e.g. fc1,fc2,fc3 (when names and shapes leave it open).", show_default=False),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]

@@ -19,5 +19,4 @@ def plugins(json_output: Json = False) -> None:
     from kktembed.plugins import plugin_infos
     from kktembed.report import Output
 
-    infos = plugin_infos()
-    Output(json_output).plugins([info.__dict__ for info in infos])
+    Output(json_output).plugins(plugin_infos())

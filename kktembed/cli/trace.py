@@ -1,4 +1,4 @@
-"""``kktembed trace``: train a narrow network and its split in lockstep (MATH.md §5)."""
+"""``kktembed trace``: train a narrow network and its split in lockstep (docs/MATH.md §5)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kktembed.cli.options import Activation, ArchConfig, Checkpoint, Data, DatasetName, Force, Json, Loss
+from kktembed.cli.options import Activation, Arch, ArchConfig, Checkpoint, Data, DatasetName, Force, Json, Layers, Loss
 
 
 def trace(
@@ -27,7 +27,9 @@ def trace(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for series.csv, series.json, narrow_final.safetensors, wide_final.safetensors.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: trajectory error (log scale), losses, normalized margins.", show_default=False)] = None,
     activation: Activation = None,
+    arch: Arch = None,
     arch_config: ArchConfig = None,
+    layers: Layers = None,
     force: Force = False,
     json_output: Json = False,
 ) -> None:
@@ -47,44 +49,24 @@ def trace(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from kktembed.cli.common import architecture_hints, guard_output
-    from kktembed.checkpoint import DATA_KEY, DATASET_KEY, load_network
-    from kktembed.data import load_network_and_data
-    from kktembed.dynamics import TraceOptions, paired_training, write_trace_outputs
-    from kktembed.embed import resolve_embedding
+    from kktembed.api import trace as trace_checkpoint
+    from kktembed.api import trace_options_from
+    from kktembed.cli.common import arch_spec
     from kktembed.errors import UsageError
     from kktembed.report import Output
-    from kktembed.splitting import plan_from_spec, relocated_data_reference
+    from kktembed.splitting import SplitPlan
 
     if (split is None) == (wide is None):
         raise UsageError("give exactly one of --split SPEC and --wide WIDE")
-    options = TraceOptions(steps, lr, loss.value, batch, different_batches, seed, every, kkt_every)
-    if plot is not None:
-        guard_output(plot, force, inputs=[narrow, wide, data])
-    hints = architecture_hints(activation, arch_config)
-    network, dataset_object = load_network_and_data(narrow, data, dataset, hints)
-    options.validate(dataset_object.n_samples)
-    wide_network = None
-    if wide is not None:
-        wide_network = load_network(wide, {**hints, "input_shape": tuple(dataset_object.x.shape[1:])})
-        embedding, _ = resolve_embedding(network, wide_network)
-    else:
-        embedding = plan_from_spec(network, split)
-    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn(), transient=True, disable=json_output) as progress:
-        task = progress.add_task("trace", total=options.steps)
-        result = paired_training(network, embedding, dataset_object, options, wide_network, on_progress=lambda step: progress.update(task, completed=step))
-    summary = {"narrow": str(narrow), "data": dataset_object.source, "strategies": sorted({s.strategy for s in embedding.splits}), "n_splits": len(embedding.splits), **result.summary()}
-    if out is not None:
-        if data is not None:
-            reference = {DATA_KEY: str(Path(data).resolve())}
-        elif dataset is not None:
-            reference = {DATASET_KEY: dataset}
-        else:
-            reference = relocated_data_reference(network.metadata, Path(narrow), Path(out) / "narrow_final.safetensors")
-        summary["outputs"] = [str(path) for path in write_trace_outputs(result, embedding, out, reference, force)]
-    if plot is not None:
-        from kktembed.plotting import plot_trace
-
-        label = "different batches" if different_batches else ("SGD, identical batches" if batch else "GD")
-        summary["plot"] = str(plot_trace(result.records, plot, f"{Path(narrow).name}: {label}, lr {lr:g}, {', '.join(summary['strategies'])} split"))
-    Output(json_output).trace(summary, result.records)
+    plan = SplitPlan.from_spec(split) if split is not None else None
+    options = dict(steps=steps, lr=lr, loss=loss.value, batch=batch, different_batches=different_batches, seed=seed, every=every, kkt_every=kkt_every)
+    trace_options_from(options)
+    spec = arch_spec(arch, arch_config, activation, layers)
+    columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=json_output) as progress:
+        task = progress.add_task("trace", total=steps)
+        report = trace_checkpoint(
+            narrow, split=plan, wide=wide, arch=spec, data=data, dataset=dataset, out=out, plot=plot, force=force,
+            on_progress=lambda step: progress.update(task, completed=step), **options,
+        )
+    Output(json_output).trace(report)

@@ -35,7 +35,6 @@ class MultiplierSolution:
     status: str
     seconds: float
     objective: float | None = None  # LPs: the optimal ‖θ̂ − Gλ‖ in their norm (bounds the second stage)
-    refined: bool = False
 
 
 @contextlib.contextmanager

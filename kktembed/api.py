@@ -1,0 +1,389 @@
+"""The library API: every ``kktembed`` command is one of these functions, rendered.
+
+Each function takes a checkpoint as a path (file or hub-style folder), a ``torch.nn.Module``, a
+state_dict or an already loaded ``Network``, data as a path (``data=``), a named set
+(``dataset="digits:3,8"``) or tensors (``x=``, ``y=`` and optionally ``logits=``), and an
+architecture spec (``arch=``: a path to a JSON/TOML file, a dict, or an ``ArchSpec``) for what the
+weights of a plain checkpoint cannot tell. Results are immutable and ``to_dict()`` gives the same
+keys as the command's ``--json``. The user's module and files are never modified.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kktembed.archspec import ArchSpec
+from kktembed.errors import UsageError
+
+
+def _spec(arch: Any) -> ArchSpec:
+    if arch is None:
+        return ArchSpec()
+    if isinstance(arch, ArchSpec):
+        return arch
+    if isinstance(arch, dict):
+        return ArchSpec.from_mapping(arch, "arch")
+    if isinstance(arch, (str, os.PathLike)):
+        return ArchSpec.from_file(arch)
+    raise UsageError(f"arch must be a spec file path, a dict or an ArchSpec, not {type(arch).__name__}")
+
+
+def _data(data: Any, x: Any, y: Any, logits: Any) -> Any:
+    if x is None and y is None:
+        if logits is not None:
+            raise UsageError("logits= needs x= and y=")
+        return data
+    if x is None or y is None or data is not None:
+        raise UsageError("give data either as data= or as x= and y= (with optional logits=)")
+    return (x, y) if logits is None else (x, y, logits)
+
+
+def _network_and_data(source: Any, data: Any, dataset: str | None, arch: Any, require_data: bool):
+    """(Network, Dataset or None), verified against reference outputs where there are any."""
+    from kktembed.load import load_data, load_network_and_data, validate_data, verify_reconstruction
+    from kktembed.network import Network
+
+    if not isinstance(source, Network):
+        return load_network_and_data(source, data, dataset, _spec(arch), require_data)
+    base = source.path if source.path is None or source.path.is_dir() else source.path.parent
+    dataset_object = load_data(data, dataset, source.metadata, base, required=require_data)
+    if dataset_object is not None:
+        validate_data(source, dataset_object)
+        if dataset_object.logits is not None:
+            verify_reconstruction(source, dataset_object.x, dataset_object.logits, dataset_object.storage_dtype, f"the logits in {dataset_object.source}")
+    return source, dataset_object
+
+
+def load(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
+    """A float64 ``Network`` from a path, folder, nn.Module or state_dict. With data, the network is
+    checked against them (input shape, labels, and the reference outputs if any)."""
+    network, _ = _network_and_data(source, _data(data, x, y, logits), dataset, arch, require_data=False)
+    return network
+
+
+def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
+    """Adapter, layers, hidden widths, parameter counts and the degree L with its numerical check
+    (scaling and Euler's identity, on the data or on a fixed random probe)."""
+    import torch
+
+    from kktembed.homogeneity import HOMOGENEITY_TOL, homogeneity_report
+    from kktembed.load import precision_floor
+    from kktembed.results import InspectResult
+
+    network, dataset_object = _network_and_data(source, _data(data, x, y, logits), dataset, arch, require_data=False)
+    if dataset_object is not None:
+        probe = dataset_object.x[:512]
+    else:
+        probe = torch.randn((64, *network.input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    homogeneity = homogeneity_report(network, probe)
+    report = network.load_report
+    return InspectResult(
+        checkpoint=report.source if report is not None else str(network.path),
+        adapter=network.adapter.name,
+        config=network.config,
+        activation=network.config.get("activation"),
+        degree=network.degree,
+        scaling_error=homogeneity.scaling_error,
+        euler_error=homogeneity.euler_error,
+        homogeneous=homogeneity.error <= HOMOGENEITY_TOL,
+        n_parameters=network.n_parameters,
+        theta_norm=network.norm(),
+        input_shape=list(network.input_shape),
+        output_dim=network.output_dim,
+        layers=network.adapter.layers(network.config),
+        parameters={key: list(value.shape) for key, value in network.params.items()},
+        hidden_layers=[{"name": unit.name, "width": unit.width} for unit in network.adapter.units(network.config)],
+        data=dataset_object.summary() if dataset_object is not None else None,
+        storage_dtype=report.storage_dtype if report is not None else "float64",
+        precision_floor=precision_floor(network),
+        load=report.to_dict() if report is not None else None,
+    )
+
+
+def check(
+    source: Any,
+    *,
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    logits: Any = None,
+    on_step: Callable[[str], None] | None = None,
+    **options: Any,
+):
+    """The KKT analysis of the max-margin problem (``kktembed check``). ``options`` are the fields
+    of ``kktembed.kkt.analysis.CheckOptions``: norm, active_tol, complementarity_weight, loss,
+    kink_tol, kkt_tol, approx_tol, profile, max_candidates."""
+    from kktembed.kkt.analysis import check_network
+
+    check_options = check_options_from(options)
+    network, dataset_object = _network_and_data(source, _data(data, x, y, logits), dataset, arch, require_data=True)
+    return check_network(network, dataset_object, check_options, on_step)
+
+
+def check_options_from(options: dict[str, Any]):
+    """CheckOptions from keyword arguments, validated; an unknown option is a UsageError."""
+    from dataclasses import fields
+
+    from kktembed.kkt.analysis import CheckOptions
+
+    known = {f.name for f in fields(CheckOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown check option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
+    return CheckOptions(**options).validate()
+
+
+def split(
+    source: Any,
+    output: str | os.PathLike | None = None,
+    *,
+    plan: Any = None,
+    layer: list[str] | str | None = None,
+    neuron: str | list[int] | int | None = None,
+    ratio: str | list[float] | float | None = None,
+    copies: int | None = None,
+    width: int | None = None,
+    strategy: str = "isometric",
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    force: bool = False,
+):
+    """Split hidden units (``kktembed split``): by a ``SplitPlan`` or a ``trace``-style SPEC string
+    (``plan=``), or by the options. With ``output``, the wide checkpoint is written (atomically,
+    recording the embedding); the wide ``Network`` and the map T are in the result either way."""
+    from kktembed.load import data_reference
+    from kktembed.outputs import guard_output
+    from kktembed.results import SplitResult
+    from kktembed.splitting import SplitPlan, write_split_checkpoint
+
+    if plan is None:
+        plan = SplitPlan.from_options(
+            layers=[layer] if isinstance(layer, str) else layer,
+            neuron=str(neuron) if isinstance(neuron, int) else neuron,
+            ratio=str(ratio) if isinstance(ratio, float) else ratio,
+            copies=copies,
+            width=width,
+            strategy=strategy,
+        )
+    elif isinstance(plan, str):
+        plan = SplitPlan.from_spec(plan)
+    data = _data(data, x, y, None)
+    if output is not None:
+        guard_output(output, force, inputs=[source, data])
+    network, dataset_object = _network_and_data(source, data, dataset, arch, require_data=False)
+    embedding = plan.embedding(network)
+    if output is not None:
+        wide = write_split_checkpoint(network, embedding, Path(output), force, {**data_reference(network, data, dataset, Path(output)), **_storage_note(network)})
+    else:
+        from kktembed.network import Network
+
+        wide = Network(network.adapter, embedding.wide_config, embedding.apply(network.params))
+    output_error = None
+    if dataset_object is not None:
+        output_error = float((wide.forward(dataset_object.x) - network.forward(dataset_object.x)).abs().max())
+    return SplitResult(
+        checkpoint=network.load_report.source if network.load_report is not None else str(network.path),
+        output=str(output) if output is not None else None,
+        strategy=plan.strategy,
+        n_split_units=len(embedding.splits),
+        splits=[unit_split.to_dict() for unit_split in embedding.splits],
+        widths_before={u.name: u.width for u in network.adapter.units(network.config)},
+        widths_after={u.name: u.width for u in wide.adapter.units(wide.config)},
+        n_parameters_before=network.n_parameters,
+        n_parameters_after=wide.n_parameters,
+        norm_before=network.norm(),
+        norm_after=wide.norm(),
+        coefficient_isometry_error=embedding.isometry_error,
+        output_error=output_error,
+        data=dataset_object.source if dataset_object is not None else None,
+        network=wide,
+        embedding=embedding,
+    )
+
+
+def _storage_note(network) -> dict[str, str]:
+    """Carry a coarser-than-float64 storage precision over to derived checkpoints."""
+    from kktembed.checkpoint import STORAGE_DTYPE_KEY
+
+    report = network.load_report
+    return {STORAGE_DTYPE_KEY: report.storage_dtype} if report is not None and report.storage_dtype != "float64" else {}
+
+
+def embed(
+    narrow: Any,
+    wide: Any,
+    *,
+    tol: float = 1e-10,
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    norm: str = "l2",
+    active_tol: float = 0.1,
+    on_step: Callable[[str], None] | None = None,
+):
+    """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
+    NARROW's reference, else WIDE's."""
+    from kktembed.embed import embed_networks
+    from kktembed.load import load_network
+
+    options = check_options_from({"norm": norm, "active_tol": active_tol, "profile": False})
+    _require_tolerance(tol, "tol")
+    data = _data(data, x, y, None)
+    narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)
+    if dataset_object is None:
+        wide_network, dataset_object = _network_and_data(wide, None, None, arch, require_data=False)
+    elif isinstance(wide, (str, os.PathLike)):
+        wide_network = load_network(wide, _spec(arch), input_shape=tuple(dataset_object.x.shape[1:]))
+    else:
+        wide_network, _ = _network_and_data(wide, dataset_object, None, arch, require_data=False)
+    if dataset_object is None:
+        raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
+    return embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)
+
+
+def _require_tolerance(value: float, name: str) -> None:
+    import math
+
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise UsageError(f"--{name} must be a finite number ≥ 0, got {value}")
+
+
+def trace(
+    narrow: Any,
+    *,
+    split: Any = None,
+    wide: Any = None,
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    out: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    force: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+    **options: Any,
+):
+    """Train NARROW and its widening in lockstep (``kktembed trace``). ``split``: a SPEC string or
+    ``SplitPlan``; or ``wide``: a checkpoint written by ``split``. ``options`` are the fields of
+    ``kktembed.dynamics.TraceOptions`` (steps, lr, loss, batch, different_batches, seed, every,
+    kkt_every, …). ``out`` writes the series and both final checkpoints; ``plot`` a PNG."""
+    from kktembed.dynamics import paired_training, write_trace_outputs
+    from kktembed.embed import resolve_embedding
+    from kktembed.load import data_reference, load_network
+    from kktembed.outputs import guard_output
+    from kktembed.results import TraceReport
+    from kktembed.splitting import SplitPlan
+
+    if (split is None) == (wide is None):
+        raise UsageError("give exactly one of --split SPEC and --wide WIDE")
+    trace_options = trace_options_from(options)
+    plan = SplitPlan.from_spec(split) if isinstance(split, str) else split
+    data = _data(data, x, y, None)
+    if plot is not None:
+        guard_output(plot, force, inputs=[narrow, wide, data])
+    network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=True)
+    trace_options.validate(dataset_object.n_samples)
+    wide_network = None
+    if wide is not None:
+        if isinstance(wide, (str, os.PathLike)):
+            wide_network = load_network(wide, _spec(arch), input_shape=tuple(dataset_object.x.shape[1:]))
+        else:
+            wide_network, _ = _network_and_data(wide, dataset_object, None, arch, require_data=False)
+        embedding, _ = resolve_embedding(network, wide_network)
+    else:
+        embedding = plan.embedding(network)
+    result = paired_training(network, embedding, dataset_object, trace_options, wide_network, on_progress=on_progress)
+    strategies = sorted({unit_split.strategy for unit_split in embedding.splits})
+    outputs = plot_path = None
+    if out is not None:
+        reference = data_reference(network, data, dataset, Path(out) / "narrow_final.safetensors")
+        outputs = [str(path) for path in write_trace_outputs(result, embedding, out, reference, force)]
+    if plot is not None:
+        from kktembed.plotting import plot_trace
+
+        options_used = trace_options
+        label = "different batches" if options_used.different_batches else ("SGD, identical batches" if options_used.batch else "GD")
+        name = network.load_report.source if network.load_report is not None else "network"
+        plot_path = str(plot_trace(result.records, plot, f"{Path(name).name}: {label}, lr {options_used.lr:g}, {', '.join(strategies)} split"))
+    return TraceReport(
+        narrow=network.load_report.source if network.load_report is not None else str(network.path),
+        data=dataset_object.source,
+        strategies=strategies,
+        n_splits=len(embedding.splits),
+        summary=result.summary(),
+        outputs=outputs,
+        plot=plot_path,
+        records=tuple(result.records),
+        narrow_final=result.narrow,
+        wide_final=result.wide,
+    )
+
+
+def trace_options_from(options: dict[str, Any]):
+    """TraceOptions from keyword arguments; an unknown option is a UsageError."""
+    from dataclasses import fields
+
+    from kktembed.dynamics import TraceOptions
+
+    known = {f.name for f in fields(TraceOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown trace option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
+    return TraceOptions(**options)
+
+
+def convert(
+    source: Any,
+    output: str | os.PathLike,
+    *,
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    logits: Any = None,
+    force: bool = False,
+):
+    """Interpret a plain checkpoint once (keys, layer order, activation, conv options), verify it
+    (homogeneity; reference outputs when the data carry logits) and write a kktembed-native
+    checkpoint whose metadata records adapter, config, data reference and storage precision."""
+    import torch
+
+    from kktembed.checkpoint import save_checkpoint
+    from kktembed.homogeneity import verify_homogeneity
+    from kktembed.load import data_reference
+    from kktembed.outputs import guard_output
+    from kktembed.results import ConvertResult
+
+    data = _data(data, x, y, logits)
+    guard_output(output, force, inputs=[source, data])
+    network, dataset_object = _network_and_data(source, data, dataset, arch, require_data=False)
+    probe = dataset_object.x[:512] if dataset_object is not None else torch.randn((64, *network.input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    homogeneity = verify_homogeneity(network, probe)
+    extra = {**data_reference(network, data, dataset, Path(output)), **_storage_note(network)}
+    save_checkpoint(output, network, extra, force=force)
+    report = network.load_report
+    return ConvertResult(
+        source=report.source,
+        output=str(output),
+        adapter=network.adapter.name,
+        config=network.config,
+        n_parameters=network.n_parameters,
+        degree=network.degree,
+        euler_error=homogeneity.euler_error,
+        storage_dtype=report.storage_dtype,
+        data=dataset_object.source if dataset_object is not None else None,
+        reconstruction_verified=dataset_object is not None and (dataset_object.logits is not None or not isinstance(source, (str, os.PathLike))),
+        load=report.to_dict(),
+    )
