@@ -8,11 +8,9 @@ so the network is homogeneous of degree 2^L − 1 (3 for two layers): the degree
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from kktembed import hookimpl
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
-from kktembed.adapters.mlp import numbered_weight_layers
+from kktembed.adapters.layers import keyed_sequential, ordered_layers, weight_layers
 from kktembed.errors import ArchitectureError, UsageError
 from kktembed.strategies.base import SplitStrategy
 
@@ -36,12 +34,12 @@ class SquaredReLUMLP(Adapter):
                 return torch.relu(z) ** 2
 
         keys, widths = _keys(config), config["widths"]
-        modules = OrderedDict()
+        steps = []
         for i, key in enumerate(keys):
-            modules[key] = nn.Linear(widths[i], widths[i + 1], bias=False, dtype=torch.float64)
+            steps.append((key, nn.Linear(widths[i], widths[i + 1], bias=False, dtype=torch.float64)))
             if i < len(keys) - 1:
-                modules[f"square{i}"] = SquaredReLU()
-        return nn.Sequential(modules)
+                steps.append((f"square{i}", SquaredReLU()))
+        return keyed_sequential(steps)  # state_dict keys are the layer names, dotted ones too
 
     def degree(self, config: dict) -> int:
         return 2 ** (len(config["widths"]) - 1) - 1
@@ -94,13 +92,15 @@ def kktembed_register_split_strategies(register):
 
 @hookimpl
 def kktembed_detect_adapter(tensor_shapes, hints):
-    """Claim an nn.Sequential of bias-free Linear layers when the user says --activation squared_relu."""
+    """Claim a stack of bias-free Linear layers (any key names, ordered by kktembed's layer reader)
+    when the user says --activation squared_relu."""
     if (hints.get("activation") or "").lower() != ACTIVATION:
         return None
-    layers = numbered_weight_layers(tensor_shapes)
-    if layers is None or any(len(shape) != 2 for _, shape in layers):
+    scan = weight_layers(tensor_shapes)
+    if scan is None or any(layer.is_conv for layer in scan.layers):
         return None
-    if any(name.endswith(".bias") for name in tensor_shapes):
+    if any(layer.has_bias for layer in scan.layers):
         raise ArchitectureError("a squared-ReLU MLP must be bias-free (a bias breaks homogeneity of degree 2^L − 1)")
-    widths = [layers[0][1][1]] + [shape[0] for _, shape in layers]
-    return "squared-relu-mlp", {"widths": widths, "keys": [key for key, _ in layers]}
+    layers = ordered_layers(scan, hints)
+    widths = [layers[0].inputs] + [layer.outputs for layer in layers]
+    return "squared-relu-mlp", {"widths": widths, "keys": [layer.key for layer in layers]}
