@@ -89,7 +89,7 @@ def run_case(name: str) -> dict:
         started = time.perf_counter()
         cp.Problem(cp.Minimize(objective)).solve(solver=cp.CLARABEL)
     elif name == "check_fixture":
-        from kktembed.load import load_network_and_data
+        from kktembed.loading import load_network_and_data
         from kktembed.kkt.analysis import CheckOptions, check_network
 
         network, dataset = load_network_and_data(Path(__file__).resolve().parent.parent / "fixtures/mlp_gd_digits38.safetensors")
@@ -97,7 +97,7 @@ def run_case(name: str) -> dict:
         result = check_network(network, dataset, CheckOptions())
         extra = {"gram_seconds": result.gram_seconds, "solver_seconds": result.solver_seconds}
     elif name.startswith("trace_"):
-        from kktembed.load import load_network_and_data
+        from kktembed.loading import load_network_and_data
         from kktembed.dynamics import TraceOptions, paired_training
         from kktembed.splitting import plan_from_spec
 

@@ -43,7 +43,7 @@ def _data(data: Any, x: Any, y: Any, logits: Any) -> Any:
 
 def _network_and_data(source: Any, data: Any, dataset: str | None, arch: Any, require_data: bool):
     """(Network, Dataset or None), verified against reference outputs where there are any."""
-    from kktembed.load import load_data, load_network_and_data, validate_data, verify_reconstruction
+    from kktembed.loading import load_data, load_network_and_data, validate_data, verify_reconstruction
     from kktembed.network import Network
 
     if not isinstance(source, Network):
@@ -70,7 +70,7 @@ def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | N
     import torch
 
     from kktembed.homogeneity import HOMOGENEITY_TOL, homogeneity_report
-    from kktembed.load import precision_floor
+    from kktembed.loading import precision_floor
     from kktembed.results import InspectResult
 
     network, dataset_object = _network_and_data(source, _data(data, x, y, logits), dataset, arch, require_data=False)
@@ -159,7 +159,7 @@ def split(
     """Split hidden units (``kktembed split``): by a ``SplitPlan`` or a ``trace``-style SPEC string
     (``plan=``), or by the options. With ``output``, the wide checkpoint is written (atomically,
     recording the embedding); the wide ``Network`` and the map T are in the result either way."""
-    from kktembed.load import data_reference
+    from kktembed.loading import data_reference
     from kktembed.outputs import guard_output
     from kktembed.results import SplitResult
     from kktembed.splitting import SplitPlan, write_split_checkpoint
@@ -234,7 +234,7 @@ def embed(
     """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
     NARROW's reference, else WIDE's."""
     from kktembed.embed import embed_networks
-    from kktembed.load import load_network
+    from kktembed.loading import load_network
 
     options = check_options_from({"norm": norm, "active_tol": active_tol, "profile": False})
     _require_tolerance(tol, "tol")
@@ -280,7 +280,7 @@ def trace(
     kkt_every, …). ``out`` writes the series and both final checkpoints; ``plot`` a PNG."""
     from kktembed.dynamics import paired_training, write_trace_outputs
     from kktembed.embed import resolve_embedding
-    from kktembed.load import data_reference, load_network
+    from kktembed.loading import data_reference, load_network
     from kktembed.outputs import guard_output
     from kktembed.results import TraceReport
     from kktembed.splitting import SplitPlan
@@ -362,7 +362,7 @@ def convert(
 
     from kktembed.checkpoint import save_checkpoint
     from kktembed.homogeneity import verify_homogeneity
-    from kktembed.load import data_reference
+    from kktembed.loading import data_reference
     from kktembed.outputs import guard_output
     from kktembed.results import ConvertResult
 

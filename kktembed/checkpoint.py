@@ -6,7 +6,7 @@ carry header metadata: ``format: pt``, ``kktembed.adapter``, ``kktembed.config``
 the module) and optionally ``kktembed.data`` (a data file relative to the checkpoint) or
 ``kktembed.dataset`` (a named data set), ``kktembed.storage_dtype`` (when θ descends from weights
 stored in a coarser dtype than its own). Nothing is ever unpickled. Interpreting the tensors (keys,
-adapter, float64) is ``kktembed.load``'s job.
+adapter, float64) is ``kktembed.loading``'s job.
 """
 
 from __future__ import annotations
@@ -217,9 +217,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_network(path: str | Path, hints: dict[str, Any] | None = None) -> "Network":
-    """Read a checkpoint and build its float64 Network; ``hints`` as for ``kktembed.load.load_network``
+    """Read a checkpoint and build its float64 Network; ``hints`` as for ``kktembed.loading.load_network``
     (``activation``, ``arch_config``, ``layers``, ``input_shape``)."""
-    from kktembed.load import load_network as load
+    from kktembed.loading import load_network as load
 
     return load(path, hints=hints)
 

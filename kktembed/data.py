@@ -3,7 +3,7 @@ from plugins, or tensors given in Python.
 
 A data file holds ``x`` (n × d, or n × C × H × W) and ``y``: ±1 labels for a single-output network,
 class indices 0..C−1 for C outputs. It may also hold ``logits`` (n × outputs): the user's own
-network outputs on ``x``, against which the rebuilt network is verified (``kktembed.load``).
+network outputs on ``x``, against which the rebuilt network is verified (``kktembed.loading``).
 ``--dataset NAME[:ARGS]`` names a set registered through the ``kktembed_register_datasets`` hook
 (``kktembed plugins`` lists them).
 """

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from kktembed.data import Dataset
-from kktembed.load import validate_data
+from kktembed.loading import validate_data
 from kktembed.embedding import EmbeddingRecord, file_sha256
 from kktembed.errors import ArchitectureError, InputError
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network

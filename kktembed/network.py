@@ -16,7 +16,7 @@ FLOAT64_UNIT_ROUNDOFF = 2.0**-53
 
 @dataclass
 class Network:
-    """θ with what interprets it. ``load_report`` (a ``kktembed.load.LoadReport``) says where θ came
+    """θ with what interprets it. ``load_report`` (a ``kktembed.loading.LoadReport``) says where θ came
     from and in which precision it was stored; networks made in memory have none (float64)."""
 
     adapter: Adapter

@@ -117,7 +117,7 @@ def adapter_report(
 ) -> ConformanceReport:
     """Run every check of the kit; never raises for a failing check (see ``assert_adapter_conforms``)."""
     from kktembed.checkpoint import ADAPTER_KEY, CONFIG_KEY, read_checkpoint, save_checkpoint
-    from kktembed.load import load_network
+    from kktembed.loading import load_network
     from kktembed.plugins import adapters, split_strategies
 
     report = ConformanceReport(adapter.name)

@@ -11,7 +11,7 @@ from helpers import CNN_CONFIG, MLP_CONFIG, random_inputs, random_network
 from kktembed import hookimpl
 from kktembed.adapters.mlp import MLPAdapter
 from kktembed.checkpoint import load_network, save_checkpoint
-from kktembed.load import load_network_and_data
+from kktembed.loading import load_network_and_data
 from kktembed.errors import ArchitectureError, NotHomogeneousError
 from kktembed.homogeneity import homogeneity_report, verify_homogeneity
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from kktembed.load import load_network_and_data
+from kktembed.loading import load_network_and_data
 from kktembed.kkt.analysis import CheckOptions, check_network
 
 

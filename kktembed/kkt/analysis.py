@@ -140,7 +140,7 @@ def profile_stage(solver: MultiplierSolver, ladder: list[float], widest: float, 
 
 def check_network(network: Network, dataset: Dataset, options: CheckOptions | None = None, on_step: Callable[[str], None] | None = None) -> CheckResult:
     """The full KKT analysis of MATH.md §2–3 for ``network`` on ``dataset`` (module docstring)."""
-    from kktembed.load import precision_floor
+    from kktembed.loading import precision_floor
 
     options = (options or CheckOptions()).validate()
     step = on_step or (lambda message: None)

@@ -71,7 +71,7 @@ class CheckResult:
     kkt_tol: float | None = None
     approx_tol: float | None = None
     profile: tuple[ProfileRow, ...] = ()
-    load: dict[str, Any] | None = None  # how the network was read (kktembed.load.LoadReport)
+    load: dict[str, Any] | None = None  # how the network was read (kktembed.loading.LoadReport)
     multipliers: torch.Tensor | None = field(default=None, compare=False, repr=False)  # λ over all constraints
     constraint_index: torch.Tensor | None = field(default=None, compare=False, repr=False)
 

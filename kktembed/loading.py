@@ -149,7 +149,8 @@ def _module_spec(module: torch.nn.Module) -> ArchSpec:
         elif isinstance(child, (nn.AvgPool2d, nn.MaxPool2d)) and pools and pools[-1] is None:
             kernel, stride = child.kernel_size, child.stride or child.kernel_size
             if isinstance(kernel, int) and isinstance(stride, int):
-                pools[-1] = f"{'avg' if isinstance(child, nn.AvgPool2d) else 'max'}:{kernel}:{stride}"
+                mode = "avg" if isinstance(child, nn.AvgPool2d) else "max"
+                pools[-1] = f"{mode}:{kernel}" if stride == kernel else f"{mode}:{kernel}:{stride}"
     data: dict[str, Any] = {"layers": layers} if layers else {}
     if len(activations) == 1:
         data["activation"] = activations.pop()
