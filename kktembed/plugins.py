@@ -74,14 +74,31 @@ def get_plugin_manager() -> pluggy.PluginManager:
             plugin = entry_point.load()
             manager.register(plugin, name=entry_point.name)
             _entry_point_versions[entry_point.name] = entry_point.dist.version if entry_point.dist else "unknown"
-        except Exception as exc:  # a broken plugin must not break every command
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not break every command
             warnings.warn(
                 f"plugin {entry_point.name!r} ({entry_point.value}) failed to load and was skipped: "
                 f"{type(exc).__name__}: {exc}",
                 PluginWarning,
                 stacklevel=2,
             )
+    _drop_unknown_hooks(manager)
     return manager
+
+
+def _drop_unknown_hooks(manager: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending``: an implementation of a hook that has no spec (a misspelled name)
+    is reported as a warning and its plugin skipped."""
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = manager.get_name(exc.plugin)
+            warnings.warn(f"plugin {name!r} was skipped: {exc}", PluginWarning, stacklevel=3)
+            manager.unregister(exc.plugin)
+            _entry_point_versions.pop(name, None)
 
 
 def _plugin_version(manager: pluggy.PluginManager, plugin) -> tuple[str, bool]:
@@ -91,30 +108,34 @@ def _plugin_version(manager: pluggy.PluginManager, plugin) -> tuple[str, bool]:
     return _entry_point_versions.get(name, "unknown"), False
 
 
-def _collect(hook_caller, kind: str) -> dict[str, list]:
-    """Call a register-style hook once per plugin; map plugin name -> registered items.
-
-    One argument to ``register`` is stored as is, several as a tuple.
-    """
+def _collect(hook_name: str, kind: str) -> dict[str, list]:
+    """Call a register-style hook for each plugin in turn, through pluggy and by keyword (so that
+    hook specs can gain arguments); map plugin name -> registered items. One argument to
+    ``register`` is stored as is, several as a tuple. A plugin that raises is skipped with a warning."""
     manager = get_plugin_manager()
     per_plugin: dict[str, list] = {}
-    for impl in hook_caller.get_hookimpls():
+    plugins = manager.get_plugins()
+    for plugin in plugins:
+        caller = manager.subset_hook_caller(hook_name, remove_plugins=[other for other in plugins if other is not plugin])
+        if not caller.get_hookimpls():
+            continue
         items: list = []
 
         def register(*args, _items=items):
             _items.append(args[0] if len(args) == 1 else args)
 
         try:
-            impl.function(register)
-        except Exception as exc:
+            caller(register=register)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             warnings.warn(
-                f"plugin {impl.plugin_name!r} raised while registering {kind}s and was skipped: "
-                f"{type(exc).__name__}: {exc}",
+                f"plugin {manager.get_name(plugin)!r} raised while registering {kind}s and was skipped: {type(exc).__name__}: {exc}",
                 PluginWarning,
                 stacklevel=2,
             )
             continue
-        per_plugin[manager.get_name(impl.plugin)] = items
+        per_plugin[manager.get_name(plugin)] = items
     return per_plugin
 
 
@@ -138,17 +159,17 @@ def _unique(per_plugin: dict[str, list], kind: str, key) -> dict:
 
 @lru_cache(maxsize=1)
 def _adapters_by_plugin() -> dict[str, list]:
-    return _collect(get_plugin_manager().hook.kktembed_register_adapters, "adapter")
+    return _collect("kktembed_register_adapters", "adapter")
 
 
 @lru_cache(maxsize=1)
 def _strategies_by_plugin() -> dict[str, list]:
-    return _collect(get_plugin_manager().hook.kktembed_register_split_strategies, "strategy")
+    return _collect("kktembed_register_split_strategies", "strategy")
 
 
 @lru_cache(maxsize=1)
 def _datasets_by_plugin() -> dict[str, list]:
-    return _collect(get_plugin_manager().hook.kktembed_register_datasets, "dataset")
+    return _collect("kktembed_register_datasets", "dataset")
 
 
 def adapters() -> dict:

@@ -47,12 +47,42 @@ def kktembed_register_adapters(register):
 """
 
 
+MISSPELLED_PLUGIN = """
+from kktembed import hookimpl
+
+@hookimpl
+def kktembed_register_adaptors(register):
+    pass
+"""
+
+RAISING_PLUGIN = """
+from kktembed import hookimpl
+
+@hookimpl
+def kktembed_register_datasets(register):
+    raise SystemExit(0)
+"""
+
+
 @pytest.fixture
 def plugin_dir(tmp_path):
     make_distribution(tmp_path, "goodplug", GOOD_PLUGIN)
     make_distribution(tmp_path, "brokenplug", "raise RuntimeError('boom at import')\n")
     make_distribution(tmp_path, "dupplug", DUPLICATE_PLUGIN)
     return tmp_path
+
+
+def test_plugins_that_exit_or_misspell_a_hook_are_skipped_with_a_warning(tmp_path, fixtures_dir):
+    make_distribution(tmp_path, "exitplug", "import sys\nsys.exit(0)\n")
+    make_distribution(tmp_path, "typoplug", MISSPELLED_PLUGIN)
+    make_distribution(tmp_path, "raiseplug", RAISING_PLUGIN)
+    result = run_kktembed("check", str(fixtures_dir / "mlp_kkt_gaussians.safetensors"), "--json", "--no-profile", pythonpath=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"] == "kkt"
+    listing = run_kktembed("plugins", pythonpath=tmp_path)  # builds every registry, datasets included
+    assert listing.returncode == 0 and "goodplug" not in listing.stdout
+    for output, name, fragment in ((result, "exitplug", "SystemExit"), (result, "typoplug", "kktembed_register_adaptors"), (listing, "raiseplug", "SystemExit")):
+        assert any(name in line and fragment in line for line in output.stderr.splitlines() if line.startswith("Warning:")), (name, output.stderr)
 
 
 def test_plugins_json_lists_builtins_and_installed(plugin_dir):
