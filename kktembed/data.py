@@ -107,3 +107,18 @@ def save_data_file(path: str | Path, dataset: Dataset, force: bool = False) -> P
     if dataset.logits is not None:
         tensors["logits"] = dataset.logits
     return write_safetensors(path, tensors, {"format": "pt"}, force=force)
+
+
+def load_network_and_data(path, data=None, dataset=None, hints=None, require_data=True):
+    """kktembed 0.1's entry point, kept with its signature for scripts written against it; the
+    loading module is ``kktembed.loading`` (``hints``: activation, arch_config, layers)."""
+    from kktembed.loading import load_network_and_data as load
+
+    return load(path, data, dataset, None, require_data, hints=hints)
+
+
+def validate_data(network, dataset: Dataset) -> None:
+    """kktembed 0.1's name for ``kktembed.loading.validate_data``."""
+    from kktembed.loading import validate_data as validate
+
+    validate(network, dataset)
