@@ -78,6 +78,31 @@ def read_safetensors(path: str | Path, error: type[CheckpointError] = Checkpoint
     return tensors, metadata
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+
+
+def read_safetensors_header(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, str], dict[str, dict]]:
+    """(metadata, tensor entries {name: {"dtype", "shape", "data_offsets"}}) from the JSON header
+    alone, without torch and without reading any tensor data."""
+    path = Path(path)
+    _sniff(path, error)
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > MAX_HEADER_BYTES:
+            raise error(f"{path}: safetensors header of {length:,} bytes is larger than the {MAX_HEADER_BYTES:,} allowed")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise error(f"{path}: corrupt safetensors header ({exc})")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise error(f"{path}: safetensors metadata must map strings to strings")
+    return metadata, header
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary file in ``path``'s folder; when the block succeeds, rename it onto ``path``

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -125,6 +126,34 @@ class Output:
         console.print(f"verdict: [{VERDICT_STYLE[r.verdict]}]{r.verdict}[/] ({explanation})")
         if r.verdict_note:
             console.print(f"note: {r.verdict_note}")
+
+    def check_run(self, result, out=None, plot=None) -> None:
+        """A ``CheckRunResult``: one row per checkpoint, sorted by step."""
+        payload = result.to_dict()
+        payload.update({"out": str(out) if out is not None else None, "plot": str(plot) if plot is not None else None})
+        console = self._begin(payload)
+        if console is None:
+            return
+        table = Table(title=f"kktembed check: {len(result.rows)} checkpoints ({result.data or 'no data'})", title_justify="left")
+        columns = ("step", "checkpoint", "accuracy", "q_min", "γ̄", "β", "candidates", "support", "ε/‖θ̂‖", "δ/Σλ", "verdict", "seconds")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("checkpoint", "verdict") else "right")
+        for row in result.rows:
+            name = Path(row.checkpoint).name
+            if row.failed:
+                table.add_row(str(row.step), name, "", "", "", "", "", "", "", "", f"[bold red]error[/]: {row.error}", fmt(row.seconds, 2))
+                continue
+            style = VERDICT_STYLE.get(row.verdict, "")
+            table.add_row(
+                str(row.step), name, f"{row.accuracy:.4f}", fmt(row.q_min), fmt(row.normalized_margin), fmt(row.alignment, 6),
+                fmt(row.n_candidates), fmt(row.n_support), fmt(row.relative_stationarity_residual), fmt(row.relative_complementarity_residual),
+                f"[{style}]{row.verdict}[/]", fmt(row.seconds, 2),
+            )
+        console.print(table)
+        notes = [f"{result.n_failed} failed" if result.n_failed else "", f"{result.n_resumed} kept from {out}" if result.n_resumed else ""]
+        notes += [f"rows written to {out}" if out is not None else "", f"plot {plot}" if plot is not None else ""]
+        if any(notes):
+            console.print("; ".join(note for note in notes if note))
 
     def inspect(self, result) -> None:
         """An ``InspectResult``."""
