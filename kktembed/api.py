@@ -10,6 +10,7 @@ keys as the command's ``--json``. The user's module and files are never modified
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,18 @@ from typing import Any
 
 from kktembed.archspec import ArchSpec
 from kktembed.errors import UsageError
+from kktembed.outputs import command_scope
+
+
+def _command(function):
+    """Each API call is one command: the files it reads are protected from its outputs."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with command_scope():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def _spec(arch: Any) -> ArchSpec:
@@ -57,6 +70,7 @@ def _network_and_data(source: Any, data: Any, dataset: str | None, arch: Any, re
     return source, dataset_object
 
 
+@_command
 def load(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
     """A float64 ``Network`` from a path, folder, nn.Module or state_dict. With data, the network is
     checked against them (input shape, labels, and the reference outputs if any)."""
@@ -64,6 +78,7 @@ def load(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None
     return network
 
 
+@_command
 def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
     """Adapter, layers, hidden widths, parameter counts and the degree L with its numerical check
     (scaling and Euler's identity, on the data or on a fixed random probe)."""
@@ -103,6 +118,7 @@ def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | N
     )
 
 
+@_command
 def check(
     source: Any,
     *,
@@ -138,6 +154,7 @@ def check_options_from(options: dict[str, Any]):
     return CheckOptions(**options).validate()
 
 
+@_command
 def split(
     source: Any,
     output: str | os.PathLike | None = None,
@@ -217,6 +234,7 @@ def _storage_note(network) -> dict[str, str]:
     return {STORAGE_DTYPE_KEY: report.storage_dtype} if report is not None and report.storage_dtype != "float64" else {}
 
 
+@_command
 def embed(
     narrow: Any,
     wide: Any,
@@ -258,6 +276,7 @@ def _require_tolerance(value: float, name: str) -> None:
         raise UsageError(f"--{name} must be a finite number ≥ 0, got {value}")
 
 
+@_command
 def trace(
     narrow: Any,
     *,
@@ -343,6 +362,7 @@ def trace_options_from(options: dict[str, Any]):
     return TraceOptions(**options)
 
 
+@_command
 def convert(
     source: Any,
     output: str | os.PathLike,

@@ -40,9 +40,12 @@ class ArchSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> "ArchSpec":
         """Read a JSON (``.json``) or TOML (``.toml``) spec; UsageError naming the problem."""
+        from kktembed.outputs import note_read
+
         path = Path(path)
         try:
             text = path.read_text()
+            note_read(path)
         except FileNotFoundError:
             raise UsageError(f"{path}: no such architecture spec file")
         except (OSError, UnicodeDecodeError) as exc:

@@ -11,18 +11,15 @@ adapter, float64) is ``kktembed.loading``'s job.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import struct
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kktembed.errors import CheckpointError, OutputExistsError
+from kktembed.outputs import atomic_path, note_read, write_text_atomically  # noqa: F401  (writers use them from here too)
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +66,7 @@ def read_safetensors(path: str | Path, error: type[CheckpointError] = Checkpoint
 
     path = Path(path)
     _sniff(path, error)
+    note_read(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -86,6 +84,7 @@ def read_safetensors_header(path: str | Path, error: type[CheckpointError] = Che
     alone, without torch and without reading any tensor data."""
     path = Path(path)
     _sniff(path, error)
+    note_read(path)
     with path.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         if length > MAX_HEADER_BYTES:
@@ -103,24 +102,6 @@ def read_safetensors_header(path: str | Path, error: type[CheckpointError] = Che
     return metadata, header
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary file in ``path``'s folder; when the block succeeds, rename it onto ``path``
-    (with the umask's permissions), so that readers never see a half-written output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def write_safetensors(path: str | Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str], force: bool = False) -> Path:
     """Write atomically; refuse to overwrite an existing file unless ``force``."""
     from safetensors.torch import save_file
@@ -131,13 +112,6 @@ def write_safetensors(path: str | Path, tensors: dict[str, "torch.Tensor"], meta
     with atomic_path(path) as temporary:
         save_file({key: value.detach().contiguous() for key, value in tensors.items()}, str(temporary), metadata=metadata)
     return path
-
-
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (callers decide about overwriting)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)
-    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:

@@ -249,6 +249,10 @@ def _network(source: _Source, spec: ArchSpec, input_shape: tuple[int, ...] | Non
     tensors, stripped = (source.tensors, ()) if ADAPTER_KEY in source.metadata else strip_wrapper_prefixes(source.tensors)
     source = replace(source, tensors=tensors)
     adapter, config, order = _resolve(source, spec, input_shape)
+    try:
+        adapter.validate_config(config)
+    except ArchitectureError as exc:
+        raise CheckpointError(f"{source.label}: {exc.message}", hint="the checkpoint's kktembed.config metadata is malformed" if ADAPTER_KEY in source.metadata else exc.hint)
     adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
     storage = _storage_dtype(tensors, source)
     report = LoadReport(

@@ -336,7 +336,15 @@ def read_rows(path: Path) -> list[RunRow]:
     return rows
 
 
-def check_run(
+def check_run(*args, **kwargs) -> "CheckRunResult":
+    """``check`` every checkpoint of ``sources`` (``_check_run``), as one command."""
+    from kktembed.outputs import command_scope
+
+    with command_scope():
+        return _check_run(*args, **kwargs)
+
+
+def _check_run(
     sources: list[str | Path],
     *,
     arch: Any = None,

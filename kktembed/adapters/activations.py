@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from kktembed.errors import ArchitectureError
 
 ACTIVATION_HELP = "relu, leaky_relu:SLOPE (e.g. leaky_relu:0.01) or identity"
 
 
 def parse_activation(spec: str) -> tuple[str, float]:
-    """Return (kind, slope) for ``relu`` / ``leaky_relu:SLOPE`` / ``identity``."""
+    """Return (kind, slope) for ``relu`` / ``leaky_relu:SLOPE`` (a finite slope) / ``identity``."""
+    if not isinstance(spec, str):
+        raise ArchitectureError(f"activation must be a string like 'relu', got {spec!r}", hint=ACTIVATION_HELP)
     text = spec.strip().lower()
     if text == "relu":
         return "relu", 0.0
@@ -20,6 +24,8 @@ def parse_activation(spec: str) -> tuple[str, float]:
             slope = float(slope_text) if slope_text else 0.01
         except ValueError:
             raise ArchitectureError(f"invalid leaky_relu slope {slope_text!r}", hint=ACTIVATION_HELP)
+        if not math.isfinite(slope):
+            raise ArchitectureError(f"leaky_relu slope must be a finite number, got {slope_text!r}", hint=ACTIVATION_HELP)
         return "leaky_relu", slope
     raise ArchitectureError(
         f"activation {spec!r} is not positively homogeneous or not supported",

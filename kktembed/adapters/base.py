@@ -7,7 +7,8 @@ network's **units**: for each hidden layer, which parameter slices belong to uni
 input-channel slices / flatten blocks scaled by c_i on the way out), the embedding map T and the
 conformance checks work through that description alone.
 
-Required: ``name``, ``build``, ``degree``, ``units``, ``widen``. The rest has defaults built on them.
+Required: ``name``, ``build``, ``degree``, ``units``, ``widen``. The rest has defaults built on them;
+``validate_config`` (a schema check of configs read from metadata) is recommended.
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ class Adapter:
         """Return a new config in which hidden layer ``layer`` has ``width`` units."""
         raise NotImplementedError
 
-    # -- capability with a default ---------------------------------------------------------
+    # -- capabilities with a default -------------------------------------------------------
+
+    def validate_config(self, config: dict[str, Any]) -> None:
+        """Raise ArchitectureError naming the field when ``config`` (read from untrusted checkpoint
+        metadata) is malformed: wrong types, missing keys, sizes out of range. Called before
+        anything is built; the default accepts everything."""
 
     def activation_degree(self, config: dict[str, Any], layer: str) -> int:
         """k with σ(cz) = c^k σ(z) for c ≥ 0, for the units of hidden layer ``layer``. ReLU, leaky

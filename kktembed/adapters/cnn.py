@@ -15,6 +15,7 @@ from typing import Any
 from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.adapters.layers import keyed_sequential, ordered_layers, weight_layers
+from kktembed.adapters.schema import ConfigError, require_bool, require_int, require_ints, require_keys, require_name, require_object
 from kktembed.errors import ArchitectureError
 
 POOL_HELP = 'pool is null, "avg:K", "max:K" or "MODE:K:STRIDE"'
@@ -105,6 +106,33 @@ class CNNAdapter(Adapter):
 
     def degree(self, config: dict[str, Any]) -> int:
         return len(config["conv"]) + len(config["linear"])
+
+    def validate_config(self, config: dict[str, Any]) -> None:
+        where = "cnn config"
+        require_object(config, where)
+        require_keys(config, ("input_shape", "activation", "conv", "linear"), where)
+        require_ints(config["input_shape"], f"{where} field 'input_shape'", length=3)
+        parse_activation(config["activation"])
+        require_bool(config.get("first_layer_bias", False), f"{where} field 'first_layer_bias'")
+        for name in ("conv", "linear"):
+            if not isinstance(config[name], list) or not config[name]:
+                raise ConfigError(f"{where} field {name!r} must be a non-empty list of layers")
+        for i, layer in enumerate(config["conv"]):
+            at = f"{where} conv[{i}]"
+            require_object(layer, at)
+            require_keys(layer, ("key", "out_channels", "kernel_size", "stride", "padding"), at)
+            require_name(layer["key"], f"{at} field 'key'")
+            require_int(layer["out_channels"], f"{at} field 'out_channels'")
+            require_ints(layer["kernel_size"], f"{at} field 'kernel_size'", length=2)
+            require_ints(layer["stride"], f"{at} field 'stride'", length=2)
+            require_ints(layer["padding"], f"{at} field 'padding'", length=2, low=0)
+            parse_pool(layer.get("pool"))
+        for i, layer in enumerate(config["linear"]):
+            at = f"{where} linear[{i}]"
+            require_object(layer, at)
+            require_keys(layer, ("key", "out_features"), at)
+            require_name(layer["key"], f"{at} field 'key'")
+            require_int(layer["out_features"], f"{at} field 'out_features'")
 
     def units(self, config: dict[str, Any]) -> list[UnitLayer]:
         conv, linear = config["conv"], config["linear"]

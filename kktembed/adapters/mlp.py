@@ -15,6 +15,7 @@ from typing import Any
 from kktembed.adapters.activations import activation_module, parse_activation
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.adapters.layers import keyed_sequential, ordered_layers, weight_layers
+from kktembed.adapters.schema import ConfigError, require_bool, require_ints, require_keys, require_name, require_object
 from kktembed.errors import ArchitectureError
 
 
@@ -57,6 +58,20 @@ class MLPAdapter(Adapter):
 
     def degree(self, config: dict[str, Any]) -> int:
         return len(config["widths"]) - 1
+
+    def validate_config(self, config: dict[str, Any]) -> None:
+        where = "mlp config"
+        require_object(config, where)
+        require_keys(config, ("widths", "activation"), where)
+        widths = require_ints(config["widths"], f"{where} field 'widths'", min_length=2)
+        parse_activation(config["activation"])
+        require_bool(config.get("first_layer_bias", False), f"{where} field 'first_layer_bias'")
+        if config.get("keys") is not None:
+            keys = config["keys"]
+            if not isinstance(keys, list) or len(keys) != len(widths) - 1:
+                raise ConfigError(f"{where} field 'keys' must list {len(widths) - 1} layer names, got {keys!r}")
+            for i, key in enumerate(keys):
+                require_name(key, f"{where} field 'keys'[{i}]")
 
     def units(self, config: dict[str, Any]) -> list[UnitLayer]:
         widths = config["widths"]

@@ -52,8 +52,11 @@ def main() -> None:
     debug = os.environ.get("KKTEMBED_DEBUG") == "1"
     if not debug:
         warnings.showwarning = _show_warning
+    from kktembed.outputs import command_scope
+
     try:
-        app(prog_name="kktembed")
+        with command_scope():
+            app(prog_name="kktembed")
     except KktembedError as exc:
         if debug:
             raise
