@@ -260,3 +260,26 @@ def test_cuda_training_matches_the_cpu(name):
     assert on_gpu.summary()["max_relative_trajectory_error"] < 1e-13
     reference = flatten_params(on_cpu.narrow.params)
     assert float((flatten_params(on_gpu.narrow.params) - reference).norm()) <= 1e-11 * float(reference.norm())
+
+
+def test_trace_figure_draws_the_kkt_residuals_in_a_fourth_panel(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from kktembed.plotting import plot_trace, trace_figure
+
+    network, data, _ = load("cnn_gd")
+    result = paired_training(network, plan_from_spec(network, "copies=2"), data, TraceOptions(steps=400, lr=0.01, every=50, kkt_every=200))
+    assert [r["step"] for r in result.records if "relative_stationarity_narrow" in r] == [200, 400]
+    figure = trace_figure(result.records)
+    try:
+        labels = [axis.get_ylabel() for axis in figure.axes]
+        assert labels == [r"$\|\eta(t) - T\theta(t)\|_2$", r"loss $\mathcal{L}$", r"$\bar\gamma = q_{\min} / \|\theta\|^L$", r"$\varepsilon / \|\hat\theta\|$"]
+        assert all(axis.get_xlabel() == "step" for axis in figure.axes)
+        assert [axis.get_yscale() for axis in figure.axes] == ["log", "log", "linear", "log"]
+        assert list(figure.axes[3].lines[0].get_xdata()) == [200, 400]
+    finally:
+        plt.close(figure)
+    without = trace_figure([{k: v for k, v in r.items() if "stationarity" not in k} for r in result.records])
+    assert len(without.axes) == 3
+    plt.close(without)
+    assert plot_trace(result.records, tmp_path / "trace.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
