@@ -7,7 +7,7 @@ Each case trains the narrow network and its split (copies=2, isometric) together
   trace+rec    paired_training recording every 10 steps (the CLI's default --every)
   torch loop   plain float64 tensors, the forward written out, torch.autograd.grad, in-place update,
                one thread (its best case here)
-  numpy loop   the forward and the backward written out in numpy (MLPs only)
+  numpy loop   the forward and the backward written out in numpy, one BLAS thread (MLPs only)
 Cases (MATH.md §5): paper_mlp (2→1→1 leaky ReLU(0.01) → width 2, 100 Gaussian points, full batch,
 lr 0.1), paper_cnn (conv 2×3×3, avg pool 2, linear → 4 channels, 100 images 1×5×5, full batch,
 lr 1e-3), digits_mlp (64→128→1 → 256, digits 3 vs 5, 365 samples, identical batches of 64, lr 1e-3).
@@ -28,6 +28,7 @@ with one thread and with all, next to its flop estimate: the data behind SINGLE_
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -123,12 +124,18 @@ def time_torch_loop(narrow, wide, data, lr, batch, steps) -> float:
 
 
 def time_numpy_loop(narrow, wide, data, lr, batch, steps) -> float | None:
-    """Both MLPs in numpy, backward written out (None for CNNs)."""
-    import numpy as np
+    """Both MLPs in numpy, backward written out, one BLAS thread (None for CNNs)."""
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     if "widths" not in narrow.config:
         return None
-    slope = slope_of(narrow.config)
+    with threadpool_limits(1):
+        return numpy_loop(narrow, wide, data, lr, batch, steps, slope_of(narrow.config))
+
+
+def numpy_loop(narrow, wide, data, lr, batch, steps, slope) -> float:
+    import numpy as np
+
     x, y = data.x.numpy(), data.y.numpy().astype(np.float64)
     nets = [[t.numpy().copy() for t in net.params.values()] for net in (narrow, wide)]
     rng = np.random.default_rng(0)
@@ -253,7 +260,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads by default")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads by default; load average {os.getloadavg()[0]:.2f} at the start")
     if args.threads:
         sweep_threads(args.repeats)
         if args.contention:
@@ -266,7 +273,7 @@ def main() -> None:
                 process.wait()
         return
     names = args.case or list(CASES)
-    print_table("idle", {name: measure_case(name, args.repeats) for name in names})
+    print_table("no added load", {name: measure_case(name, args.repeats) for name in names})
     if args.contention:
         process = burner()
         try:
@@ -274,6 +281,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait()
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other jobs on the machine count too)")
 
 
 if __name__ == "__main__":
