@@ -98,6 +98,8 @@ def time_torch_loop(narrow, wide, data, lr, batch, steps) -> float:
     """Both networks, plain tensors, forward written out, one autograd.grad, in-place update."""
     import torch
 
+    from kktembed.dynamics import torch_threads
+
     x, y = data.x, data.y.to(torch.float64)
     nets = [[t.clone().requires_grad_(True) for t in net.params.values()] for net in (narrow, wide)]
     if "widths" in narrow.config:
@@ -107,7 +109,7 @@ def time_torch_loop(narrow, wide, data, lr, batch, steps) -> float:
         forward = lambda weights, inputs: cnn_forward_torch(weights, inputs, narrow.config)  # noqa: E731
     parameters = nets[0] + nets[1]
     stream = torch.Generator().manual_seed(0)
-    with threads_set(1):
+    with torch_threads(1):
         started = time.perf_counter()
         for _ in range(steps):
             if batch is None:
@@ -162,24 +164,6 @@ def numpy_loop(narrow, wide, data, lr, batch, steps, slope) -> float:
             for weight, gradient in zip(weights, gradients):
                 weight -= lr * gradient
     return (time.perf_counter() - started) / steps
-
-
-class threads_set:
-    """torch.set_num_threads for a block (restored after)."""
-
-    def __init__(self, count: int):
-        self.count = count
-
-    def __enter__(self):
-        import torch
-
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(self.count)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.previous)
 
 
 def burner() -> subprocess.Popen:

@@ -8,13 +8,17 @@ control that breaks the relation. Two update rules (``TraceOptions.optimizer``):
   gd          θ ← θ − lr ∇𝓛(θ)                                   constant rate (GD, or SGD with a batch)
   normalized  θ ← θ − (lr / 𝓛(θ)) ∇𝓛(θ) = θ − lr ∇log 𝓛(θ)        Lyu & Li's loss-based rate
 
-"normalized" is the loss-based learning rate of Lyu & Li (2020, arXiv 1906.05890, experiments): the
-rate α/𝓛(θ_t) with which the normalized margin grows quickly; α = lr is kept constant here (their
-runs also adapt α between epochs, growing it after a step that lowered 𝓛 and retrying a step that
-raised it). With a mini-batch, 𝓛 is the batch's loss, the one whose gradient is taken. Each network
-divides by its own 𝓛; under an isometric T, 𝓛̃(Tθ) = 𝓛(θ), so the two rates agree to rounding and
-the updates stay identical. The step is taken as lr ∇log 𝓛, with log 𝓛 = logsumexp_k log ℓ(q_k) −
-log n evaluated stably, so it stays finite after ℓ(q_k) underflows (q > 745).
+"normalized" is the loss-based learning rate of Lyu & Li (2020, arXiv 1906.05890): the rate
+α/𝓛(θ_t), under which the normalized margin grows quickly. Here α = lr is constant; their
+experiments also adapt α between epochs (their code, LossBasedLRv1: ×2^{1/5} after an epoch whose
+loss did not rise, ÷2^{1/10} with the epoch redone otherwise). With a mini-batch, 𝓛 is the batch's
+loss, the one whose gradient is taken. Each network divides by its own 𝓛; under an isometric T,
+𝓛̃(Tθ) = 𝓛(θ), so the two rates agree to rounding and the updates stay identical. The step is taken
+as lr ∇log 𝓛, with log 𝓛 = logsumexp_k log ℓ(q_k) − log n evaluated stably, so it stays finite
+after ℓ(q_k) underflows (q > 745). With α constant the iteration becomes unstable once lr exceeds
+2 / (the curvature of log 𝓛), and for L ≥ 2 that curvature grows with ‖θ‖: from then on rounding is
+amplified step by step, in each network and in ‖η − Tθ‖ alike (paper CNN, lr 1e-2: after about 370
+steps, ×3 per step). A smaller lr postpones it.
 
 If T is an isometric split, ∇𝓛̃(Tθ) = T∇𝓛(θ), so η(t) = Tθ(t) up to rounding (Thm 5.2).
 
@@ -48,10 +52,10 @@ OPTIMIZERS = {
 DEVICES = ("cpu", "cuda", "auto")
 # Below this many floating-point operations per step (forward and backward of both networks, as
 # estimated by step_flops), training runs on one thread. Measured on a 2-core machine with
-# benchmarks/bench_trace.py --threads (MLPs 64→h→1, split to 2h): idle, two threads gain under 15%
-# below 5e6 flops and 25–40% from 2e7 on; with one other busy process they lose 1.1–3.8× at every
-# size, and the paper's networks (~1e4 flops) lose 4–5×. Above the threshold all threads are used
-# (TraceOptions.threads overrides the choice).
+# benchmarks/bench_trace.py --threads (MLPs 64→h→1, split to 2h): without added load, two threads
+# gain under 15% below 5e6 flops and 25–40% from 2e7 on; with one busy-loop process added they lose
+# 1.1–3.8× at every size, and 4× or more on the paper's networks (~1e4 flops). Above the threshold
+# all threads are used (TraceOptions.threads overrides the choice).
 SINGLE_THREAD_FLOPS = 1e7
 
 
