@@ -1,26 +1,62 @@
 """Paired training: the narrow network from θ(0) and the wide one from η(0) = Tθ(0) (MATH.md §5).
 
-Both take identical steps θ ← θ − lr ∇𝓛(θ) on 𝓛 = mean over the batch of ℓ(q_k) (ℓ(q) = e^{−q} or
-log(1 + e^{−q}); multi-class: over the pairs (k, j) of the batch's samples), full-batch or with
-identical seeded mini-batches. If T is an isometric split, ∇𝓛̃(Tθ) = T∇𝓛(θ), so η(t) = Tθ(t) up to
-rounding (Thm 5.2); ``different_batches`` draws the wide network's batches from another stream,
-the control that breaks it. Float64 throughout.
+Both take identical steps on 𝓛 = mean over the batch of ℓ(q_k) (ℓ(q) = e^{−q} or log(1 + e^{−q});
+multi-class: over the pairs (k, j) of the batch's samples), full-batch or with identical seeded
+mini-batches; ``different_batches`` draws the wide network's batches from another stream, the
+control that breaks the relation. Two update rules (``TraceOptions.optimizer``):
+
+  gd          θ ← θ − lr ∇𝓛(θ)                                   constant rate (GD, or SGD with a batch)
+  normalized  θ ← θ − (lr / 𝓛(θ)) ∇𝓛(θ) = θ − lr ∇log 𝓛(θ)        Lyu & Li's loss-based rate
+
+"normalized" is the loss-based learning rate of Lyu & Li (2020, arXiv 1906.05890): the rate
+α/𝓛(θ_t), under which the normalized margin grows quickly. Here α = lr is constant; their
+experiments also adapt α between epochs (their code, LossBasedLRv1: ×2^{1/5} after an epoch whose
+loss did not rise, ÷2^{1/10} with the epoch redone otherwise). With a mini-batch, 𝓛 is the batch's
+loss, the one whose gradient is taken. Each network divides by its own 𝓛; under an isometric T,
+𝓛̃(Tθ) = 𝓛(θ), so the two rates agree to rounding and the updates stay identical. The step is taken
+as lr ∇log 𝓛, with log 𝓛 = logsumexp_k log ℓ(q_k) − log n evaluated stably, so it stays finite
+after ℓ(q_k) underflows (q > 745). With α constant the iteration becomes unstable once lr exceeds
+2 / (the curvature of log 𝓛), and for L ≥ 2 that curvature grows with ‖θ‖: from then on rounding is
+amplified step by step, in each network and in ‖η − Tθ‖ alike (paper CNN, lr 1e-2: after about 370
+steps, ×3 per step). A smaller lr postpones it.
+
+If T is an isometric split, ∇𝓛̃(Tθ) = T∇𝓛(θ), so η(t) = Tθ(t) up to rounding (Thm 5.2).
+
+The step is fused: θ and η are the parameters of two float64 modules; one graph holds the sum of
+both objectives, one backward pass gives both gradients (the two terms share no parameter, so each
+gradient is exactly its own network's) and one multi-tensor update moves every parameter of both.
+Tiny problems run on one thread (``threads_for``): intra-op synchronisation would cost more than the
+arithmetic, and on a busy machine far more. Float64 throughout, on the CPU or a CUDA device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from kktembed.data import Dataset
 from kktembed.embedding import Embedding
-from kktembed.errors import UsageError
-from kktembed.losses import get_loss
-from kktembed.kkt.margins import build_constraints, margins_from_outputs, normalized_margin
-from kktembed.network import Network, flatten_params
+from kktembed.errors import ArchitectureError, UsageError
+from kktembed.kkt.margins import build_constraints, normalized_margin
+from kktembed.losses import MarginLoss, get_loss
+from kktembed.network import Network, flatten_params, unflatten_params
+
+OPTIMIZERS = {
+    "gd": "constant rate: θ ← θ − lr ∇𝓛(θ)",
+    "normalized": "loss-scaled rate (Lyu & Li): θ ← θ − (lr / 𝓛(θ)) ∇𝓛(θ)",
+}
+DEVICES = ("cpu", "cuda", "auto")
+# Below this many floating-point operations per step (forward and backward of both networks, as
+# estimated by step_flops), training runs on one thread. Measured on a 2-core machine with
+# benchmarks/bench_trace.py --threads (MLPs 64→h→1, split to 2h): without added load, two threads
+# gain under 15% below 5e6 flops and 25–40% from 2e7 on; with one busy-loop process added they lose
+# 1.1–3.8× at every size, and 4× or more on the paper's networks (~1e4 flops). Above the threshold
+# all threads are used (TraceOptions.threads overrides the choice).
+SINGLE_THREAD_FLOPS = 1e7
 
 
 @dataclass
@@ -33,6 +69,10 @@ class TraceOptions:
     seed: int = 0
     every: int = 10
     kkt_every: int = 0  # 0: never
+    optimizer: str = "gd"  # a key of OPTIMIZERS
+    save_every: int = 0  # 0: never; else on_snapshot every save_every steps and at the end
+    device: str | None = None  # None or "cpu", "cuda", "auto" (the GPU if there is one)
+    threads: int | None = None  # torch intra-op threads; None: chosen by problem size
 
     def validate(self, n_samples: int) -> None:
         if self.steps < 1:
@@ -48,6 +88,14 @@ class TraceOptions:
             raise UsageError(f"--every must be a positive integer, got {self.every}")
         if self.kkt_every < 0:
             raise UsageError("--kkt-every must be ≥ 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}", hint=f"use {' or '.join(OPTIMIZERS)}")
+        if self.save_every < 0:
+            raise UsageError(f"--save-every must be ≥ 0 (0: never), got {self.save_every}")
+        if self.device is not None and self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}", hint=f"use {', '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
 
 
 @dataclass
@@ -55,6 +103,8 @@ class TraceResult:
     records: list[dict] = field(default_factory=list)
     narrow: Network | None = None
     wide: Network | None = None
+    device: str = "cpu"  # where the networks were trained
+    threads: int = 0  # torch intra-op threads used for the steps
 
     @property
     def max_trajectory_error(self) -> float:
@@ -77,40 +127,166 @@ class TraceResult:
         }
 
 
-class _Trainer:
-    """One network's parameters and its gradient steps on batches of samples."""
+def resolve_device(name: str | None) -> torch.device:
+    """None or "cpu": the CPU; "cuda": the current GPU (a UsageError without one); "auto": the GPU
+    if there is one, else the CPU."""
+    if name in (None, "cpu"):
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if name == "cuda" and not available:
+        raise UsageError("--device cuda: no CUDA device is available", hint="use --device cpu, or auto to take a GPU only when there is one")
+    return torch.device("cuda" if available else "cpu")
 
-    def __init__(self, network: Network, dataset: Dataset, loss: str):
-        self.network, self.x, self.loss = network, dataset.x, get_loss(loss)
-        self.constraints = build_constraints(dataset.y, network.output_dim)
-        self.params = {key: value.clone().requires_grad_(True) for key, value in network.params.items()}
-        self.pairs = len(self.constraints) // dataset.n_samples  # constraints per sample (1, or C − 1)
 
-    def batch_loss(self, samples: torch.Tensor | None) -> torch.Tensor:
-        if samples is None:
-            outputs, constraints = self.network.forward(self.x, self.params), self.constraints
-        else:
-            # constraints are laid out sample-major, `pairs` per sample; renumber them to the batch
-            rows = (samples.reshape(-1, 1) * self.pairs + torch.arange(self.pairs)).reshape(-1)
-            constraints = self.constraints.subset(rows)
-            constraints.sample = torch.arange(len(samples)).repeat_interleave(self.pairs)
-            outputs = self.network.forward(self.x[samples], self.params)
-        return self.loss.mean(margins_from_outputs(outputs, constraints))
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads; the previous setting is restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
-    def step(self, samples: torch.Tensor | None, lr: float) -> None:
-        gradients = torch.autograd.grad(self.batch_loss(samples), list(self.params.values()))
+
+def threads_for(step_flops: float, available: int) -> int:
+    """One thread below SINGLE_THREAD_FLOPS per step, else the ``available`` ones."""
+    return 1 if step_flops < SINGLE_THREAD_FLOPS else available
+
+
+def log_exp_loss(q: torch.Tensor) -> torch.Tensor:
+    """log ℓ(q) for ℓ(q) = e^{−q}: −q."""
+    return -q
+
+
+def log_logistic_loss(q: torch.Tensor) -> torch.Tensor:
+    """log ℓ(q) for ℓ(q) = log(1 + e^{−q}), finite for every finite q: for q ≤ 0 as
+    log(−q + log1p(e^{q})) (ℓ ≥ log 2), for q > 0 as −q + log(log1p(u)/u) with u = e^{−q} ∈ (0, 1],
+    whose second term tends to 0 (taken as 0 once u underflows). Each branch sees clamped inputs, so
+    neither produces inf or nan, nor a nan gradient."""
+    nonpositive, positive = torch.clamp(q, max=0.0), torch.clamp(q, min=0.0)
+    u = torch.exp(-positive)
+    ratio = torch.where(u > 0, torch.log1p(u) / torch.where(u > 0, u, 1.0), 1.0)
+    return torch.where(q > 0, torch.log(ratio) - positive, torch.log(torch.log1p(torch.exp(nonpositive)) - nonpositive))
+
+
+# log ℓ for every loss of kktembed.losses (a test checks that none is missing)
+LOG_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"exp": log_exp_loss, "logistic": log_logistic_loss}
+
+
+def training_objective(loss: MarginLoss, optimizer: str, q: torch.Tensor) -> torch.Tensor:
+    """The function whose gradient, times lr, is the step: 𝓛 = mean_k ℓ(q_k) for "gd";
+    logsumexp_k log ℓ(q_k) = log 𝓛 + log n for "normalized" (∇ log 𝓛 = ∇𝓛 / 𝓛)."""
+    if optimizer == "gd":
+        return loss.mean(q)
+    return torch.logsumexp(LOG_LOSSES[loss.name](q), dim=0)
+
+
+class MarginData:
+    """The training set on the device and the margins q_k of a module on a batch of it (MATH.md §1):
+    binary q_k = y_k Φ(θ; x_k); multi-class q_{k,j} = ⟨e_{y_k} − e_j, Φ(θ; x_k)⟩, sample-major as in
+    ``build_constraints``. Built once; a batch is a tensor of sample indices (None: all)."""
+
+    def __init__(self, dataset: Dataset, n_outputs: int, device: torch.device):
+        constraints = build_constraints(dataset.y, n_outputs)
+        pairs = len(constraints) // dataset.n_samples  # constraints per sample: 1, or C − 1
+        self.x = dataset.x.to(device)
+        self.signal = constraints.signal.reshape(dataset.n_samples, pairs, n_outputs).to(device)
+        self.labels = self.signal.reshape(-1) if pairs == n_outputs == 1 else None
+
+    def margins(self, module: torch.nn.Module, samples: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.x if samples is None else self.x[samples]
+        outputs = module(x)
+        if self.labels is not None:
+            return outputs.reshape(-1) * (self.labels if samples is None else self.labels[samples])
+        signal = self.signal if samples is None else self.signal[samples]
+        return (outputs.reshape(outputs.shape[0], 1, -1) * signal).sum(dim=-1).reshape(-1)
+
+
+class TrainedNetwork:
+    """One network being trained: a float64 module on the device whose own parameters hold θ."""
+
+    def __init__(self, network: Network, device: torch.device):
+        module = network.adapter.build(network.config).to(device=device, dtype=torch.float64).eval()
+        named = dict(module.named_parameters())
+        if set(named) != set(network.params):
+            raise ArchitectureError(
+                f"the {network.adapter.name} module's parameters ({', '.join(sorted(named))}) are not the checkpoint's tensors "
+                f"({', '.join(sorted(network.params))})",
+                hint="trace trains every tensor of the checkpoint as a parameter",
+            )
+        self.network, self.module = network, module
+        self.parameters = [named[key] for key in network.params]  # the checkpoint's order
         with torch.no_grad():
-            for value, gradient in zip(self.params.values(), gradients):
-                value -= lr * gradient
+            for parameter, key in zip(self.parameters, network.params):
+                parameter.copy_(network.params[key])
+
+    def flat(self) -> torch.Tensor:
+        """θ as one vector in the checkpoint's key order (on the device)."""
+        return torch.cat([parameter.detach().reshape(-1) for parameter in self.parameters])
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        return {key: value.detach().clone() for key, value in self.params.items()}
+        """θ as a state_dict of CPU tensors, detached copies."""
+        return {key: parameter.detach().to("cpu", copy=True) for key, parameter in zip(self.network.params, self.parameters)}
 
-    def full_loss_and_margin(self) -> tuple[float, float]:
+
+def step_flops(narrow: TrainedNetwork, wide: TrainedNetwork, data: MarginData, batch: int | None) -> float:
+    """Floating-point operations of one training step of both networks, estimated from one forward
+    pass on a batch of the step's size: a module with a weight (out, in, *kernel) does
+    weight.numel()/out multiply-adds per output element, and the backward pass twice the forward's."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs, output) -> None:
+        nonlocal total
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and isinstance(output, torch.Tensor):
+            total += 2 * output.numel() * (weight.numel() // weight.shape[0])
+
+    x = data.x if batch is None else data.x[:batch]
+    for trained in (narrow, wide):
+        handles = [module.register_forward_hook(count) for module in trained.module.modules()]
+        try:
+            with torch.no_grad():
+                trained.module(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return 3.0 * total
+
+
+class FusedStep:
+    """One update of θ and η together: the objective of both (``training_objective``) in one graph,
+    one backward pass, one multi-tensor update θ ← θ − lr g of all parameters of both networks."""
+
+    def __init__(self, narrow: TrainedNetwork, wide: TrainedNetwork, data: MarginData, loss: MarginLoss, optimizer: str, lr: float):
+        self.narrow, self.wide, self.data = narrow.module, wide.module, data
+        self.loss, self.optimizer, self.lr = loss, optimizer, lr
+        self.parameters = narrow.parameters + wide.parameters
+
+    def __call__(self, narrow_samples: torch.Tensor | None, wide_samples: torch.Tensor | None) -> None:
+        objective = training_objective(self.loss, self.optimizer, self.data.margins(self.narrow, narrow_samples)) + training_objective(
+            self.loss, self.optimizer, self.data.margins(self.wide, wide_samples)
+        )
+        gradients = torch.autograd.grad(objective, self.parameters)
         with torch.no_grad():
-            q = margins_from_outputs(self.network.forward(self.x, self.params), self.constraints)
-            norm = float(flatten_params(self.params).norm())
-            return float(self.loss.mean(q)), normalized_margin(float(q.min()), norm, self.network.degree)
+            torch._foreach_add_(self.parameters, gradients, alpha=-self.lr)  # the multi-tensor kernel torch.optim uses
+
+
+def embedding_gather(embedding: Embedding, narrow_params: dict[str, torch.Tensor], wide_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, scale) with Tθ = θ[index] · scale, for θ flattened in the key order of
+    ``narrow_params`` and Tθ in ``wide_keys`` order. Every split copies one narrow entry times a
+    factor (MATH.md §4), so T is a scaled selection: scale = T1 and index from T applied to the
+    positions 1..p (exact: the quotient is an integer below 2^52 up to a few ulps)."""
+    ones = {key: torch.ones_like(value, dtype=torch.float64) for key, value in narrow_params.items()}
+    positions = unflatten_params(torch.arange(1, sum(v.numel() for v in ones.values()) + 1, dtype=torch.float64), ones)
+
+    def wide_vector(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        mapped = embedding.apply(params)
+        return flatten_params({key: mapped[key] for key in wide_keys})
+
+    scale, labelled = wide_vector(ones), wide_vector(positions)
+    index = torch.where(scale != 0, torch.round(labelled / scale) - 1, 0.0).to(torch.int64)
+    return index, scale
 
 
 def paired_training(
@@ -120,56 +296,75 @@ def paired_training(
     options: TraceOptions,
     wide: Network | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    on_snapshot: Callable[[int, dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
 ) -> TraceResult:
-    """Train θ from the narrow checkpoint and η from ``wide`` (default: η(0) = Tθ(0)) in lockstep;
-    record every ``every`` steps (and at 0 and at the end)."""
+    """Train θ from the narrow checkpoint and η from ``wide`` (default: η(0) = Tθ(0)) in lockstep.
+
+    A row is recorded at step 0, every ``every`` steps and at the end; ``on_record(row)`` receives
+    each row as it is recorded and ``on_progress(step)`` the step. With ``save_every`` = K > 0,
+    ``on_snapshot(step, θ, η)`` receives both state_dicts (CPU copies) at steps K, 2K, … and at the
+    last step."""
     from kktembed.kkt.analysis import CheckOptions, check_network
 
     options.validate(dataset.n_samples)
+    device = resolve_device(options.device)
     if wide is None:
         wide = Network(narrow.adapter, embedding.wide_config, embedding.apply(narrow.params))
-    narrow_trainer, wide_trainer = _Trainer(narrow, dataset, options.loss), _Trainer(wide, dataset, options.loss)
+    narrow_net, wide_net = TrainedNetwork(narrow, device), TrainedNetwork(wide, device)
+    data = MarginData(dataset, narrow.output_dim, device)
+    loss = get_loss(options.loss)
+    step = FusedStep(narrow_net, wide_net, data, loss, options.optimizer, options.lr)
+    index, scale = (tensor.to(device) for tensor in embedding_gather(embedding, narrow.params, list(wide.params)))
+    threads = options.threads or threads_for(step_flops(narrow_net, wide_net, data, options.batch), torch.get_num_threads())
     narrow_stream = torch.Generator().manual_seed(options.seed)
     wide_stream = torch.Generator().manual_seed(options.seed + 1) if options.different_batches else None
-    result = TraceResult()
+    result = TraceResult(device=str(device), threads=threads)
 
-    def record(step: int) -> None:
-        theta, eta = narrow_trainer.snapshot(), wide_trainer.snapshot()
-        mapped = flatten_params(embedding.apply(theta))
-        error = float((flatten_params(eta) - mapped).norm())
-        loss_narrow, margin_narrow = narrow_trainer.full_loss_and_margin()
-        loss_wide, margin_wide = wide_trainer.full_loss_and_margin()
+    def record(at: int) -> None:
+        with torch.no_grad():
+            theta, eta = narrow_net.flat(), wide_net.flat()
+            mapped = theta[index] * scale
+            q_narrow, q_wide = data.margins(narrow_net.module), data.margins(wide_net.module)
+            values = torch.stack(
+                [(eta - mapped).norm(), mapped.norm(), loss.mean(q_narrow), loss.mean(q_wide), q_narrow.min(), q_wide.min(), theta.norm(), eta.norm()]
+            ).tolist()
+        error, mapped_norm, loss_narrow, loss_wide, q_min_narrow, q_min_wide, norm_narrow, norm_wide = values
         row = {
-            "step": step,
+            "step": at,
             "trajectory_error": error,
-            "relative_trajectory_error": error / float(mapped.norm()),
+            "relative_trajectory_error": error / mapped_norm,
             "loss_narrow": loss_narrow,
             "loss_wide": loss_wide,
-            "normalized_margin_narrow": margin_narrow,
-            "normalized_margin_wide": margin_wide,
+            "normalized_margin_narrow": normalized_margin(q_min_narrow, norm_narrow, narrow.degree),
+            "normalized_margin_wide": normalized_margin(q_min_wide, norm_wide, wide.degree),
         }
-        if options.kkt_every and step % options.kkt_every == 0 and margin_narrow > 0 and margin_wide > 0:
+        if options.kkt_every and at % options.kkt_every == 0 and row["normalized_margin_narrow"] > 0 and row["normalized_margin_wide"] > 0:
             check = CheckOptions(profile=False, loss=options.loss)
-            row["relative_stationarity_narrow"] = check_network(narrow.with_params(theta), dataset, check).relative_stationarity_residual
-            row["relative_stationarity_wide"] = check_network(wide.with_params(eta), dataset, check).relative_stationarity_residual
+            row["relative_stationarity_narrow"] = check_network(narrow.with_params(narrow_net.snapshot()), dataset, check).relative_stationarity_residual
+            row["relative_stationarity_wide"] = check_network(wide.with_params(wide_net.snapshot()), dataset, check).relative_stationarity_residual
         result.records.append(row)
+        if on_record:
+            on_record(row)
 
-    def draw(stream: torch.Generator) -> torch.Tensor | None:
+    def draw(stream: torch.Generator | None) -> torch.Tensor | None:
         if options.batch is None:
             return None
-        return torch.randperm(dataset.n_samples, generator=stream)[: options.batch]
+        return torch.randperm(dataset.n_samples, generator=stream)[: options.batch].to(device)
 
-    record(0)
-    for step in range(1, options.steps + 1):
-        samples = draw(narrow_stream)
-        narrow_trainer.step(samples, options.lr)
-        wide_trainer.step(draw(wide_stream) if wide_stream is not None else samples, options.lr)
-        if step % options.every == 0 or step == options.steps:
-            record(step)
-            if on_progress:
-                on_progress(step)
-    result.narrow = narrow.with_params(narrow_trainer.snapshot())
-    result.wide = wide.with_params(wide_trainer.snapshot())
+    with torch_threads(threads):
+        record(0)
+        for at in range(1, options.steps + 1):
+            narrow_samples = draw(narrow_stream)
+            step(narrow_samples, draw(wide_stream) if wide_stream is not None else narrow_samples)
+            if at % options.every == 0 or at == options.steps:
+                record(at)
+                if on_progress:
+                    on_progress(at)
+            if options.save_every and (at % options.save_every == 0 or at == options.steps) and on_snapshot:
+                on_snapshot(at, narrow_net.snapshot(), wide_net.snapshot())
+    result.narrow = narrow.with_params(narrow_net.snapshot())
+    result.wide = wide.with_params(wide_net.snapshot())
     return result
 
 

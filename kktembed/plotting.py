@@ -6,35 +6,56 @@ from pathlib import Path
 
 from kktembed.checkpoint import atomic_path
 
+# Exact zeros cannot be drawn on a log scale; the trajectory error draws them here.
+ZERO_FLOOR = 1e-18
 
-def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
-    """Three panels in the style of the paper's Fig. (MATH.md §5): ‖η(t) − Tθ(t)‖ on a log scale,
-    the losses of both networks, and their normalized margins, against the step."""
+
+def trace_figure(records: list[dict], title: str = ""):
+    """The figure of a ``trace`` run in the style of the paper's Fig. (MATH.md §5), against the step:
+    ‖η(t) − Tθ(t)‖₂ on a log scale, the losses 𝓛 of both networks (log scale), their normalized
+    margins γ̄, and, when the records carry them (``kkt_every``), the relative KKT residuals ε/‖θ̂‖ of
+    both on a log scale in a fourth panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stationarity = [r for r in records if "relative_stationarity_narrow" in r]
+    figure, axes = plt.subplots(1, 4 if stationarity else 3, figsize=(17 if stationarity else 13, 3.8))
     steps = [record["step"] for record in records]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    errors = [max(record["trajectory_error"], 1e-18) for record in records]
-    axes[0].semilogy(steps, errors, color="tab:red")
-    axes[0].set_title("trajectory error ‖η(t) − Tθ(t)‖")
-    axes[0].set_ylabel("exact zeros drawn at 1e-18")
-    axes[1].semilogy(steps, [r["loss_narrow"] for r in records], label="narrow θ(t)")
-    axes[1].semilogy(steps, [r["loss_wide"] for r in records], "--", label="wide η(t)")
+    axes[0].semilogy(steps, [max(record["trajectory_error"], ZERO_FLOOR) for record in records], color="tab:red")
+    axes[0].set_title(f"trajectory error (exact zeros at {ZERO_FLOOR:g})")
+    axes[0].set_ylabel(r"$\|\eta(t) - T\theta(t)\|_2$")
+    axes[1].semilogy(steps, [r["loss_narrow"] for r in records], label=r"narrow $\theta(t)$")
+    axes[1].semilogy(steps, [r["loss_wide"] for r in records], "--", label=r"wide $\eta(t)$")
     axes[1].set_title("training loss")
-    axes[1].legend()
-    axes[2].plot(steps, [r["normalized_margin_narrow"] for r in records], label="narrow θ(t)")
-    axes[2].plot(steps, [r["normalized_margin_wide"] for r in records], "--", label="wide η(t)")
-    axes[2].set_title("normalized margin γ̄")
-    axes[2].legend()
+    axes[1].set_ylabel(r"loss $\mathcal{L}$")
+    axes[2].plot(steps, [r["normalized_margin_narrow"] for r in records], label=r"narrow $\theta(t)$")
+    axes[2].plot(steps, [r["normalized_margin_wide"] for r in records], "--", label=r"wide $\eta(t)$")
+    axes[2].set_title("normalized margin")
+    axes[2].set_ylabel(r"$\bar\gamma = q_{\min} / \|\theta\|^L$")
+    if stationarity:
+        kkt_steps = [r["step"] for r in stationarity]
+        axes[3].semilogy(kkt_steps, [r["relative_stationarity_narrow"] for r in stationarity], "o-", label=r"narrow $\theta(t)$")
+        axes[3].semilogy(kkt_steps, [r["relative_stationarity_wide"] for r in stationarity], "x--", label=r"wide $\eta(t)$")
+        axes[3].set_title("relative KKT residual")
+        axes[3].set_ylabel(r"$\varepsilon / \|\hat\theta\|$")
     for axis in axes:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
+    for axis in axes[1:]:
+        axis.legend()
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    return figure
+
+
+def plot_trace(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Write ``trace_figure(records, title)`` as a PNG to ``path`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    figure = trace_figure(records, title)
     try:
         with atomic_path(path, suffix=".png") as temporary:
             figure.savefig(temporary, dpi=120)
