@@ -295,22 +295,30 @@ def trace(
 ):
     """Train NARROW and its widening in lockstep (``kktembed trace``). ``split``: a SPEC string or
     ``SplitPlan``; or ``wide``: a checkpoint written by ``split``. ``options`` are the fields of
-    ``kktembed.dynamics.TraceOptions`` (steps, lr, loss, batch, different_batches, seed, every,
-    kkt_every, …). ``out`` writes the series and both final checkpoints; ``plot`` a PNG."""
-    from kktembed.dynamics import paired_training, write_trace_outputs
+    ``kktembed.training_options.TraceOptions`` (steps, lr, loss, batch, different_batches, seed,
+    every, kkt_every, optimizer, save_every, device, threads). ``out`` is a folder that receives, all
+    at once, the series, both final checkpoints and, with ``save_every``, both networks every K
+    steps; ``plot`` a PNG (inside ``out`` it is part of that set)."""
+    from kktembed.dynamics import paired_training
     from kktembed.embed import resolve_embedding
-    from kktembed.loading import data_reference, load_network
-    from kktembed.outputs import guard_output
+    from kktembed.loading import load_network
+    from kktembed.outputs import guard_folder, guard_output
     from kktembed.results import TraceReport
     from kktembed.splitting import SplitPlan
 
     if (split is None) == (wide is None):
         raise UsageError("give exactly one of --split SPEC and --wide WIDE")
     trace_options = trace_options_from(options)
+    if trace_options.save_every and out is None:
+        raise UsageError("--save-every writes checkpoints into --out; give --out DIR")
     plan = SplitPlan.from_spec(split) if isinstance(split, str) else split
     data = _data(data, x, y, None)
-    if plot is not None:
-        guard_output(plot, force, inputs=[narrow, wide, data])
+    inputs = [narrow, wide, data]
+    if out is not None:
+        guard_folder(out, force, inputs=inputs)
+    plot_in_out = plot is not None and out is not None and Path(plot).resolve().parent == Path(out).resolve()
+    if plot is not None and not plot_in_out:
+        guard_output(plot, force, inputs=inputs)
     network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=True)
     trace_options.validate(dataset_object.n_samples)
     wide_network = None
@@ -322,19 +330,17 @@ def trace(
         embedding, _ = resolve_embedding(network, wide_network)
     else:
         embedding = plan.embedding(network)
-    result = paired_training(network, embedding, dataset_object, trace_options, wide_network, on_progress=on_progress)
     strategies = sorted({unit_split.strategy for unit_split in embedding.splits})
-    outputs = plot_path = None
-    if out is not None:
-        reference = data_reference(network, data, dataset, Path(out) / "narrow_final.safetensors")
-        outputs = [str(path) for path in write_trace_outputs(result, embedding, out, reference, force)]
-    if plot is not None:
-        from kktembed.plotting import plot_trace
-
-        options_used = trace_options
-        label = "different batches" if options_used.different_batches else ("SGD, identical batches" if options_used.batch else "GD")
-        name = network.load_report.source if network.load_report is not None else "network"
-        plot_path = str(plot_trace(result.records, plot, f"{Path(name).name}: {label}, lr {options_used.lr:g}, {', '.join(strategies)} split"))
+    label = "different batches" if trace_options.different_batches else ("SGD, identical batches" if trace_options.batch else "GD")
+    name = Path(network.load_report.source).name if network.load_report is not None else "network"
+    title = f"{name}: {label}, {trace_options.optimizer} lr {trace_options.lr:g}, {', '.join(strategies)} split"
+    if out is None:
+        result = paired_training(network, embedding, dataset_object, trace_options, wide_network, on_progress=on_progress)
+        outputs, plot_path = None, _trace_plot(result, plot, title)
+    else:
+        result, outputs, plot_path = _trace_into_folder(network, embedding, dataset_object, trace_options, wide_network, on_progress, Path(out), data, dataset, plot if plot_in_out else None, title)
+        if plot is not None and not plot_in_out:
+            plot_path = _trace_plot(result, plot, title)
     return TraceReport(
         narrow=network.load_report.source if network.load_report is not None else str(network.path),
         data=dataset_object.source,
@@ -349,17 +355,54 @@ def trace(
     )
 
 
+def _trace_plot(result, plot, title: str) -> str | None:
+    if plot is None:
+        return None
+    from kktembed.plotting import plot_trace
+
+    return str(plot_trace(result.records, plot, title))
+
+
+def _trace_into_folder(network, embedding, dataset_object, trace_options, wide_network, on_progress, out: Path, data, dataset, plot, title):
+    """Train with the outputs written into a partial folder that replaces ``out`` at the end."""
+    from kktembed.checkpoint import STEP_KEY
+    from kktembed.dynamics import paired_training, save_pair, snapshot_names, write_trace_outputs
+    from kktembed.loading import data_reference
+    from kktembed.network import Network
+    from kktembed.outputs import atomic_folder
+
+    reference = data_reference(network, data, dataset, out / "narrow_final.safetensors")
+    written: list[Path] = []
+    with atomic_folder(out) as partial:
+
+        def on_snapshot(step, narrow_params, wide_params) -> None:
+            narrow_at = network.with_params(narrow_params)
+            wide_at = Network(network.adapter, embedding.wide_config, wide_params)
+            names = snapshot_names(step, trace_options.steps)
+            written.extend(save_pair(partial, names, narrow_at, wide_at, embedding, {**reference, STEP_KEY: str(step)}))
+
+        result = paired_training(network, embedding, dataset_object, trace_options, wide_network, on_progress=on_progress, on_snapshot=on_snapshot)
+        written += write_trace_outputs(result, embedding, partial, reference)
+        plot_path = None
+        if plot is not None:
+            from kktembed.plotting import plot_trace
+
+            plot_trace(result.records, partial / Path(plot).name, title)
+            plot_path = str(out / Path(plot).name)
+    return result, [str(out / path.name) for path in written], plot_path
+
+
 def trace_options_from(options: dict[str, Any]):
     """TraceOptions from keyword arguments; an unknown option is a UsageError."""
     from dataclasses import fields
 
-    from kktembed.dynamics import TraceOptions
+    from kktembed.training_options import TraceOptions
 
     known = {f.name for f in fields(TraceOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown trace option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
-    return TraceOptions(**options)
+    return TraceOptions(**options).validate()
 
 
 @_command

@@ -35,21 +35,18 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from kktembed.data import Dataset
 from kktembed.embedding import Embedding
-from kktembed.errors import ArchitectureError, UsageError
+from kktembed.errors import ArchitectureError, KktembedError, UsageError
 from kktembed.kkt.margins import build_constraints, normalized_margin
 from kktembed.losses import MarginLoss, get_loss
 from kktembed.network import Network, flatten_params, unflatten_params
+from kktembed.training_options import DEVICES, OPTIMIZERS, TraceOptions  # noqa: F401  (kktembed.dynamics.TraceOptions)
 
-OPTIMIZERS = {
-    "gd": "constant rate: θ ← θ − lr ∇𝓛(θ)",
-    "normalized": "loss-scaled rate (Lyu & Li): θ ← θ − (lr / 𝓛(θ)) ∇𝓛(θ)",
-}
-DEVICES = ("cpu", "cuda", "auto")
 # Below this many floating-point operations per step (forward and backward of both networks, as
 # estimated by step_flops), training runs on one thread. Measured on a 2-core machine with
 # benchmarks/bench_trace.py --threads (MLPs 64→h→1, split to 2h): without added load, two threads
@@ -59,43 +56,8 @@ DEVICES = ("cpu", "cuda", "auto")
 SINGLE_THREAD_FLOPS = 1e7
 
 
-@dataclass
-class TraceOptions:
-    steps: int = 1000
-    lr: float = 0.1
-    loss: str = "exp"
-    batch: int | None = None  # None: full batch
-    different_batches: bool = False
-    seed: int = 0
-    every: int = 10
-    kkt_every: int = 0  # 0: never
-    optimizer: str = "gd"  # a key of OPTIMIZERS
-    save_every: int = 0  # 0: never; else on_snapshot every save_every steps and at the end
-    device: str | None = None  # None or "cpu", "cuda", "auto" (the GPU if there is one)
-    threads: int | None = None  # torch intra-op threads; None: chosen by problem size
-
-    def validate(self, n_samples: int) -> None:
-        if self.steps < 1:
-            raise UsageError(f"--steps must be a positive integer, got {self.steps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
-        get_loss(self.loss)
-        if self.batch is not None and not 1 <= self.batch <= n_samples:
-            raise UsageError(f"--batch must lie in 1..{n_samples} (the number of samples), got {self.batch}")
-        if self.different_batches and self.batch is None:
-            raise UsageError("--different-batches needs --batch (full-batch steps are identical by definition)")
-        if self.every < 1:
-            raise UsageError(f"--every must be a positive integer, got {self.every}")
-        if self.kkt_every < 0:
-            raise UsageError("--kkt-every must be ≥ 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}", hint=f"use {' or '.join(OPTIMIZERS)}")
-        if self.save_every < 0:
-            raise UsageError(f"--save-every must be ≥ 0 (0: never), got {self.save_every}")
-        if self.device is not None and self.device not in DEVICES:
-            raise UsageError(f"unknown device {self.device!r}", hint=f"use {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be a positive integer, got {self.threads}")
+class TrainingDiverged(KktembedError):
+    """Parameters or losses became NaN or infinite."""
 
 
 @dataclass
@@ -154,32 +116,12 @@ def threads_for(step_flops: float, available: int) -> int:
     return 1 if step_flops < SINGLE_THREAD_FLOPS else available
 
 
-def log_exp_loss(q: torch.Tensor) -> torch.Tensor:
-    """log ℓ(q) for ℓ(q) = e^{−q}: −q."""
-    return -q
-
-
-def log_logistic_loss(q: torch.Tensor) -> torch.Tensor:
-    """log ℓ(q) for ℓ(q) = log(1 + e^{−q}), finite for every finite q: for q ≤ 0 as
-    log(−q + log1p(e^{q})) (ℓ ≥ log 2), for q > 0 as −q + log(log1p(u)/u) with u = e^{−q} ∈ (0, 1],
-    whose second term tends to 0 (taken as 0 once u underflows). Each branch sees clamped inputs, so
-    neither produces inf or nan, nor a nan gradient."""
-    nonpositive, positive = torch.clamp(q, max=0.0), torch.clamp(q, min=0.0)
-    u = torch.exp(-positive)
-    ratio = torch.where(u > 0, torch.log1p(u) / torch.where(u > 0, u, 1.0), 1.0)
-    return torch.where(q > 0, torch.log(ratio) - positive, torch.log(torch.log1p(torch.exp(nonpositive)) - nonpositive))
-
-
-# log ℓ for every loss of kktembed.losses (a test checks that none is missing)
-LOG_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"exp": log_exp_loss, "logistic": log_logistic_loss}
-
-
 def training_objective(loss: MarginLoss, optimizer: str, q: torch.Tensor) -> torch.Tensor:
     """The function whose gradient, times lr, is the step: 𝓛 = mean_k ℓ(q_k) for "gd";
     logsumexp_k log ℓ(q_k) = log 𝓛 + log n for "normalized" (∇ log 𝓛 = ∇𝓛 / 𝓛)."""
     if optimizer == "gd":
         return loss.mean(q)
-    return torch.logsumexp(LOG_LOSSES[loss.name](q), dim=0)
+    return torch.logsumexp(loss.log_value(q), dim=0)
 
 
 class MarginData:
@@ -329,6 +271,11 @@ def paired_training(
             values = torch.stack(
                 [(eta - mapped).norm(), mapped.norm(), loss.mean(q_narrow), loss.mean(q_wide), q_narrow.min(), q_wide.min(), theta.norm(), eta.norm()]
             ).tolist()
+        if not all(map(math.isfinite, values)):
+            raise TrainingDiverged(
+                f"training produced non-finite numbers by step {at} (loss narrow {values[2]:.3g}, wide {values[3]:.3g}, ‖θ‖ {values[6]:.3g})",
+                hint="lower --lr (or use --optimizer normalized with a smaller rate); nothing was written",
+            )
         error, mapped_norm, loss_narrow, loss_wide, q_min_narrow, q_min_wide, norm_narrow, norm_wide = values
         row = {
             "step": at,
@@ -371,32 +318,38 @@ def paired_training(
 SERIES_FILES = ("series.csv", "series.json", "narrow_final.safetensors", "wide_final.safetensors")
 
 
-def write_trace_outputs(result: TraceResult, embedding: Embedding, out_dir, data_reference: dict[str, str], force: bool = False) -> list:
-    """Write the series (CSV, JSON) and both final checkpoints to ``out_dir``; the wide one records
-    the embedding from the narrow one, so ``kktembed embed`` and ``check`` run on them."""
+def save_pair(folder: Path, names: tuple[str, str], narrow: Network, wide: Network, embedding: Embedding, extra: dict[str, str]) -> list[Path]:
+    """Write θ and η side by side; η records the embedding from that very θ file, so that
+    ``kktembed embed`` verifies the pair and ``kktembed check`` runs on either."""
+    from kktembed.checkpoint import save_checkpoint, source_sha256
+    from kktembed.embedding import EMBEDDING_KEY, EmbeddingRecord
+
+    narrow_path, wide_path = folder / names[0], folder / names[1]
+    save_checkpoint(narrow_path, narrow, extra, force=True)
+    record = EmbeddingRecord([]).appended(source_sha256(narrow_path), narrow_path.name, embedding)
+    save_checkpoint(wide_path, wide, {**extra, EMBEDDING_KEY: record.to_json()}, force=True)
+    return [narrow_path, wide_path]
+
+
+def snapshot_names(step: int, steps: int) -> tuple[str, str]:
+    """``narrow_step_000100.safetensors`` / ``wide_step_000100.safetensors``, zero-padded to the run's length."""
+    width = len(str(steps))
+    return f"narrow_step_{step:0{width}d}.safetensors", f"wide_step_{step:0{width}d}.safetensors"
+
+
+def write_trace_outputs(result: TraceResult, embedding: Embedding, folder, data_reference: dict[str, str]) -> list[Path]:
+    """Write the series (CSV, JSON) and both final checkpoints into ``folder`` (the partial folder
+    of ``kktembed.outputs.atomic_folder``: the set appears at once)."""
     import csv
     import io
     import json
-    from pathlib import Path
 
-    from kktembed.checkpoint import save_checkpoint, write_text_atomically
-    from kktembed.embedding import EMBEDDING_KEY, EmbeddingRecord, file_sha256
-    from kktembed.errors import OutputExistsError
-
-    out_dir = Path(out_dir)
-    paths = [out_dir / name for name in SERIES_FILES]
-    existing = [path for path in paths if path.exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{existing[0]} exists", hint="pass --force to overwrite, or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
     columns = list(dict.fromkeys(key for record in result.records for key in record))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(result.records)
-    write_text_atomically(paths[0], buffer.getvalue())
-    write_text_atomically(paths[1], json.dumps({"summary": result.summary(), "records": result.records}, indent=1))
-    save_checkpoint(paths[2], result.narrow, data_reference, force=True)
-    record = EmbeddingRecord([]).appended(file_sha256(paths[2]), paths[2].name, embedding)
-    save_checkpoint(paths[3], result.wide, {**data_reference, EMBEDDING_KEY: record.to_json()}, force=True)
-    return paths
+    (folder / SERIES_FILES[0]).write_text(buffer.getvalue())
+    (folder / SERIES_FILES[1]).write_text(json.dumps({"summary": result.summary(), "records": result.records}, indent=1))
+    return [folder / SERIES_FILES[0], folder / SERIES_FILES[1], *save_pair(folder, SERIES_FILES[2:], result.narrow, result.wide, embedding, data_reference)]

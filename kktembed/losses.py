@@ -30,6 +30,11 @@ class MarginLoss:
         """log(−ℓ'(q)) elementwise (finite for every finite q)."""
         raise NotImplementedError
 
+    def log_value(self, q: "torch.Tensor") -> "torch.Tensor":
+        """log ℓ(q) elementwise, finite for every finite q even where ℓ(q) underflows (the
+        loss-scaled step of ``trace`` is the gradient of log 𝓛 = logsumexp_k log ℓ(q_k) − log n)."""
+        raise NotImplementedError
+
     def mean(self, q: "torch.Tensor") -> "torch.Tensor":
         """𝓛 = mean_k ℓ(q_k), the training loss of ``trace`` (the paper's code uses the mean)."""
         return self.value(q).mean()
@@ -43,6 +48,10 @@ class MarginLoss:
         return torch.exp(logs - logs.max())
 
 
+# softplus(z) = log(1 + e^z) is computed as z above this (torch's default 20 leaves 2e-9 absolute)
+SOFTPLUS_THRESHOLD = 40.0
+
+
 class ExponentialLoss(MarginLoss):
     def value(self, q):
         import torch
@@ -52,17 +61,31 @@ class ExponentialLoss(MarginLoss):
     def log_negative_derivative(self, q):
         return -q  # −ℓ'(q) = e^{−q}
 
+    def log_value(self, q):
+        return -q
+
 
 class LogisticLoss(MarginLoss):
     def value(self, q):
         import torch
 
-        return torch.nn.functional.softplus(-q)  # log(1 + e^{−q}), stable for large |q|
+        return torch.nn.functional.softplus(-q, threshold=SOFTPLUS_THRESHOLD)  # log(1 + e^{−q}), stable for large |q|
 
     def log_negative_derivative(self, q):
         import torch
 
-        return -torch.nn.functional.softplus(q)  # −ℓ'(q) = 1/(1 + e^{q})
+        return -torch.nn.functional.softplus(q, threshold=SOFTPLUS_THRESHOLD)  # −ℓ'(q) = 1/(1 + e^{q})
+
+    def log_value(self, q):
+        """For q ≤ 0 as log(−q + log1p(e^{q})) (ℓ ≥ log 2); for q > 0 as −q + log(log1p(u)/u) with
+        u = e^{−q} ∈ (0, 1], whose second term tends to 0 (taken as 0 once u underflows). Each
+        branch sees clamped inputs, so neither produces inf or nan, nor a nan gradient."""
+        import torch
+
+        nonpositive, positive = torch.clamp(q, max=0.0), torch.clamp(q, min=0.0)
+        u = torch.exp(-positive)
+        ratio = torch.where(u > 0, torch.log1p(u) / torch.where(u > 0, u, 1.0), 1.0)
+        return torch.where(q > 0, torch.log(ratio) - positive, torch.log(torch.log1p(torch.exp(nonpositive)) - nonpositive))
 
 
 LOSSES: dict[str, MarginLoss] = {

@@ -9,10 +9,8 @@ import torch
 
 from kktembed.data import load_network_and_data
 from kktembed.dynamics import (
-    LOG_LOSSES,
     TraceOptions,
     embedding_gather,
-    log_logistic_loss,
     paired_training,
     resolve_device,
     threads_for,
@@ -118,35 +116,6 @@ def test_normalized_steps_stay_finite_after_the_loss_underflows(loss):
     moved = float((flatten_params(result.narrow.params) - flatten_params(scaled.params)).norm())
     assert moved > 1e-3
     assert result.summary()["max_relative_trajectory_error"] < 1e-13
-
-
-# ℓ(q) and ℓ'(q) written out, for q where they are representable
-LOSS_AND_DERIVATIVE = {
-    "exp": lambda q: (torch.exp(-q), -torch.exp(-q)),
-    "logistic": lambda q: (torch.log1p(torch.exp(-q)), -torch.sigmoid(-q)),
-}
-
-
-def test_log_losses_cover_every_loss_and_match_log_l():
-    assert set(LOG_LOSSES) == set(LOSSES) == set(LOSS_AND_DERIVATIVE)
-    q = torch.linspace(-30, 30, 241, dtype=torch.float64, requires_grad=True)
-    for name, log_loss in LOG_LOSSES.items():
-        loss = get_loss(name)
-        values = log_loss(q)
-        (gradient,) = torch.autograd.grad(values.sum(), q)
-        with torch.no_grad():
-            value, derivative = LOSS_AND_DERIVATIVE[name](q)
-        torch.testing.assert_close(values.detach(), torch.log(value), rtol=1e-14, atol=1e-14)
-        torch.testing.assert_close(gradient, derivative / value, rtol=1e-13, atol=1e-15)  # (log ℓ)' = ℓ'/ℓ
-
-
-def test_log_logistic_loss_far_out():
-    """Where log(1 + e^{−q}) underflows, log ℓ(q) = −q + log(log1p(u)/u) → −q with slope −1."""
-    q = torch.tensor([700.0, 745.5, 800.0, 1e5], dtype=torch.float64, requires_grad=True)
-    values = log_logistic_loss(q)
-    torch.testing.assert_close(values, -q.detach(), rtol=1e-15, atol=0)
-    (gradient,) = torch.autograd.grad(values.sum(), q)
-    torch.testing.assert_close(gradient, -torch.ones_like(gradient), rtol=1e-15, atol=0)
 
 
 def test_normalized_objective_is_log_of_the_mean_loss_up_to_log_n():

@@ -65,3 +65,14 @@ NormOption = Annotated[
     ),
 ]
 ActiveTol = Annotated[float, typer.Option("--active-tol", help="τ: candidate constraints are those with q_k(θ̂) ≤ 1 + τ.")]
+
+
+class Optimizer(str, enum.Enum):
+    gd = "gd"
+    normalized = "normalized"
+
+
+class Device(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kktembed.cli.options import Activation, Arch, ArchConfig, Checkpoint, Data, DatasetName, Force, Json, Layers, Loss
+from kktembed.cli.options import Activation, Arch, ArchConfig, Checkpoint, Data, DatasetName, Device, Force, Json, Layers, Loss, Optimizer
 
 
 def trace(
@@ -24,7 +24,10 @@ def trace(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batch stream.")] = 0,
     every: Annotated[int, typer.Option("--every", help="Record every K steps.")] = 10,
     kkt_every: Annotated[int, typer.Option("--kkt-every", help="Also record the relative KKT residual ε/‖θ̂‖ of both every K steps (0: never; costs a check each).")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for series.csv, series.json, narrow_final.safetensors, wide_final.safetensors.", show_default=False)] = None,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="gd: constant rate θ ← θ − lr∇𝓛; normalized: Lyu & Li's loss-scaled rate θ ← θ − (lr/𝓛)∇𝓛. Both networks take identical updates.")] = Optimizer.gd,
+    save_every: Annotated[int, typer.Option("--save-every", help="Write both networks every K steps into --out (narrow_step_N / wide_step_N, with the step and the embedding recorded; 0: never).")] = 0,
+    device: Annotated[Device, typer.Option("--device", help="Where to train, in float64: cpu, cuda, or auto (the GPU when there is one).")] = Device.cpu,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for series.csv, series.json, narrow_final.safetensors, wide_final.safetensors (and the --save-every checkpoints), written all at once.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: trajectory error (log scale), losses, normalized margins.", show_default=False)] = None,
     activation: Activation = None,
     arch: Arch = None,
@@ -46,12 +49,13 @@ def trace(
       kktembed trace fixtures/paper_mlp_leaky.safetensors --split copies=2 --batch 16 --different-batches --steps 100000
 
       kktembed trace fixtures/mlp_gd_digits38.safetensors --split "neuron=0,1;ratio=0.3" --steps 500 --out run --plot run/trace.png
-    """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+      kktembed trace fixtures/mlp_gd_digits38.safetensors --split copies=2 --optimizer normalized --lr 0.002 --steps 2000 --save-every 200 --out run
+    """
     from kktembed.api import trace as trace_checkpoint
     from kktembed.api import trace_options_from
     from kktembed.cli.common import arch_spec
+    from kktembed.cli.progress import progress_bar
     from kktembed.errors import UsageError
     from kktembed.report import Output
     from kktembed.splitting import SplitPlan
@@ -59,14 +63,14 @@ def trace(
     if (split is None) == (wide is None):
         raise UsageError("give exactly one of --split SPEC and --wide WIDE")
     plan = SplitPlan.from_spec(split) if split is not None else None
-    options = dict(steps=steps, lr=lr, loss=loss.value, batch=batch, different_batches=different_batches, seed=seed, every=every, kkt_every=kkt_every)
+    options = dict(
+        steps=steps, lr=lr, loss=loss.value, batch=batch, different_batches=different_batches, seed=seed, every=every,
+        kkt_every=kkt_every, optimizer=optimizer.value, save_every=save_every, device=device.value,
+    )
     trace_options_from(options)
     spec = arch_spec(arch, arch_config, activation, layers)
-    columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=json_output) as progress:
-        task = progress.add_task("trace", total=steps)
+    with progress_bar("training", total=steps, unit="steps") as advance:
         report = trace_checkpoint(
-            narrow, split=plan, wide=wide, arch=spec, data=data, dataset=dataset, out=out, plot=plot, force=force,
-            on_progress=lambda step: progress.update(task, completed=step), **options,
+            narrow, split=plan, wide=wide, arch=spec, data=data, dataset=dataset, out=out, plot=plot, force=force, on_progress=advance, **options
         )
     Output(json_output).trace(report)
