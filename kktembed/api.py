@@ -317,6 +317,8 @@ def trace(
     if out is not None:
         guard_folder(out, force, inputs=inputs)
     plot_in_out = plot is not None and out is not None and Path(plot).resolve().parent == Path(out).resolve()
+    if plot_in_out and not _is_free_name_in_trace_folder(Path(plot).name):
+        raise UsageError(f"--plot {plot} would replace one of the files trace writes into --out", hint="give the plot another name, e.g. trace.png")
     if plot is not None and not plot_in_out:
         guard_output(plot, force, inputs=inputs)
     network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=True)
@@ -353,6 +355,16 @@ def trace(
         narrow_final=result.narrow,
         wide_final=result.wide,
     )
+
+
+def _is_free_name_in_trace_folder(name: str) -> bool:
+    """Whether a file of this name in trace's --out folder collides with none of trace's outputs."""
+    import re
+
+    from kktembed.dynamics import SERIES_FILES
+    from kktembed.outputs import MANIFEST
+
+    return name not in (*SERIES_FILES, MANIFEST) and not re.fullmatch(r"(narrow|wide)_step_\d+\.safetensors", name)
 
 
 def _trace_plot(result, plot, title: str) -> str | None:

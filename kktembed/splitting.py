@@ -110,6 +110,9 @@ class SplitPlan:
     def word(self, key: str) -> str:
         return dict(self.words)[key]
 
+    def said(self, key: str, value) -> str:
+        return said(dict(self.words).__getitem__, key, value)
+
     def requests(self, network: "Network") -> list[SplitRequest]:
         """Which units of which hidden layers to split, with which shares. No ``units`` and no
         ``width``: every unit of each layer. ``width``: widen each layer to that many units with
@@ -132,7 +135,7 @@ class SplitPlan:
             current = hidden[layer].width
             if self.width is not None:
                 if self.width <= current:
-                    raise UsageError(f"{self.word('width')} {self.width} must exceed the current width {current} of layer {layer!r}")
+                    raise UsageError(f"{self.said('width', self.width)} must exceed the current width {current} of layer {layer!r}")
                 extra = self.width - current
                 for unit in range(current):
                     copies = 1 + extra // current + (1 if unit < extra % current else 0)
@@ -142,7 +145,7 @@ class SplitPlan:
             selected = range(current) if self.units is None else self.units
             for unit in selected:
                 if not 0 <= unit < current:
-                    raise UsageError(f"{self.word('neuron')} {unit} is out of range for layer {layer!r} of width {current}")
+                    raise UsageError(f"{self.said('neuron', unit)} is out of range for layer {layer!r} of width {current}")
             requests += [SplitRequest(layer, unit, self.shares) for unit in selected]
         return requests
 
@@ -151,11 +154,17 @@ class SplitPlan:
         return build_embedding(network, self.requests(network), self.strategy_object())
 
 
+def said(word, key: str, value) -> str:
+    """An option with its value, as the user wrote it: ``--ratio 0.3`` or ``ratio=0.3``."""
+    spelled = word(key)
+    return f"{spelled}{value}" if spelled.endswith("=") else f"{spelled} {value}"
+
+
 def _units(neuron: str | list[int], word) -> tuple[int, ...]:
     try:
         units = tuple(int(part) for part in (neuron.split(",") if isinstance(neuron, str) else neuron))
     except (ValueError, TypeError):
-        raise UsageError(f"invalid {word('neuron')} {neuron!r}", hint="give unit indices like 3 or 0,4,7")
+        raise UsageError(f"invalid {said(word, 'neuron', repr(neuron))}", hint="give unit indices like 3 or 0,4,7")
     if not units:
         raise UsageError(f"{word('neuron')} names no unit")
     if len(set(units)) != len(units):
@@ -172,27 +181,27 @@ def _shares(ratio: str | list[float] | None, copies: int | None, word) -> tuple[
         if isinstance(copies, bool) or not isinstance(copies, int) or copies < 2:
             raise UsageError(f"{word('copies')} must be at least 2, got {copies!r}")
         if copies > MAX_COPIES:
-            raise UsageError(f"{word('copies')} {copies:,} is more than {MAX_COPIES:,} copies of one unit")
+            raise UsageError(f"{said(word, 'copies', f'{copies:,}')} is more than {MAX_COPIES:,} copies of one unit")
         return (1.0 / copies,) * copies
     if ratio is None:
         return (0.5, 0.5)
     try:
         values = [float(part) for part in (ratio.split(",") if isinstance(ratio, str) else ratio)]
     except (ValueError, TypeError):
-        raise UsageError(f"invalid {word('ratio')} {ratio!r}", hint="give shares like 0.3 or 0.2,0.3,0.5")
+        raise UsageError(f"invalid {said(word, 'ratio', repr(ratio))}", hint="give shares like 0.3 or 0.2,0.3,0.5")
     if not values or any(not math.isfinite(v) for v in values):
-        raise UsageError(f"invalid {word('ratio')} {ratio!r}: shares must be finite numbers")
+        raise UsageError(f"invalid {said(word, 'ratio', repr(ratio))}: shares must be finite numbers")
     if len(values) > MAX_COPIES:
         raise UsageError(f"{word('ratio')} gives {len(values):,} shares, more than {MAX_COPIES:,}")
     if len(values) == 1:
         if not 0 <= values[0] <= 1:
-            raise UsageError(f"{word('ratio')} {values[0]} must lie in [0, 1] (it is the first copy's share)")
+            raise UsageError(f"{said(word, 'ratio', values[0])} must lie in [0, 1] (it is the first copy's share)")
         values = [values[0], 1.0 - values[0]]
     if any(v < 0 for v in values):
-        raise UsageError(f"{word('ratio')} {ratio}: shares must be ≥ 0")
+        raise UsageError(f"{said(word, 'ratio', ratio)}: shares must be ≥ 0")
     total = sum(values)
     if abs(total - 1.0) > SHARE_TOL:
-        raise UsageError(f"{word('ratio')} {ratio}: shares sum to {total:.12g}, not 1", hint="shares r_i = c_i² must sum to 1")
+        raise UsageError(f"{said(word, 'ratio', ratio)}: shares sum to {total:.12g}, not 1", hint="shares r_i = c_i² must sum to 1")
     return tuple(values)
 
 

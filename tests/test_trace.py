@@ -93,3 +93,43 @@ def test_trace_from_a_split_checkpoint(run_cli, fixtures_dir, tmp_path):
 )
 def test_bad_trace_options(run_cli, fixtures_dir, options, fragment):
     assert_one_line_error(*run_cli("trace", fixtures_dir / "paper_mlp_leaky.safetensors", *options), expected_code=2, fragment=fragment)
+
+
+def test_save_every_writes_checkable_pairs(run_cli, fixtures_dir, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        "trace", fixtures_dir / "paper_mlp_leaky.safetensors", "--split", "copies=2", "--dataset", "gaussians", "--optimizer", "normalized",
+        "--lr", "0.01", "--steps", "60", "--save-every", "20", "--out", out, "--json",
+    )
+    assert code == 0, err
+    names = sorted(path.name for path in out.iterdir())
+    assert [name for name in names if name.startswith("narrow_step_")] == ["narrow_step_20.safetensors", "narrow_step_40.safetensors", "narrow_step_60.safetensors"]
+    code, stdout, err = run_cli("check", out / "narrow_step_20.safetensors", out / "narrow_step_40.safetensors", out / "narrow_step_60.safetensors", "--json")
+    assert code == 0, err
+    assert [row["step"] for row in json.loads(stdout)["rows"]] == [20, 40, 60]
+    assert all(row["step_source"] == "metadata" for row in json.loads(stdout)["rows"])
+    code, stdout, err = run_cli("embed", out / "narrow_step_40.safetensors", out / "wide_step_40.safetensors", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["verdict"] == "isometric_embedding" and json.loads(stdout)["parent_hash_matches"]
+
+
+def test_save_every_needs_out(run_cli, fixtures_dir):
+    code, _, err = run_cli("trace", fixtures_dir / "paper_mlp_leaky.safetensors", "--split", "copies=2", "--save-every", "5")
+    assert code == 2 and "--out" in err
+
+
+def test_divergence_is_an_error_naming_the_step(run_cli, fixtures_dir, tmp_path):
+    code, _, err = run_cli("trace", fixtures_dir / "paper_mlp_leaky.safetensors", "--split", "copies=2", "--lr", "1e308", "--steps", "30", "--out", tmp_path / "run")
+    assert code == 1 and "non-finite" in err and "by step" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_trace_split_errors_use_its_own_vocabulary(run_cli, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"0.weight": torch.randn(8, 64), "2.weight": torch.randn(8, 8), "4.weight": torch.randn(1, 8)}, tmp_path / "deep.safetensors")
+    code, _, err = run_cli("trace", tmp_path / "deep.safetensors", "--dataset", "digits:3,8", "--split", "copies=2", "--steps", "2")
+    assert code == 2 and "layer=" in err and "--layer" not in err, err
+    code, _, err = run_cli("trace", tmp_path / "deep.safetensors", "--dataset", "digits:3,8", "--split", "layer=0;neuron=99", "--steps", "2")
+    assert code == 2 and "neuron=99 is out of range" in err, err
