@@ -53,7 +53,7 @@ def homogeneity_report(network: Network, x: torch.Tensor, params: dict[str, torc
 def verify_homogeneity(network: Network, x: torch.Tensor, tol: float = HOMOGENEITY_TOL) -> HomogeneityReport:
     """Raise NotHomogeneousError unless Φ is numerically L-homogeneous on ``x`` (MATH.md §1)."""
     report = homogeneity_report(network, x)
-    if report.error > tol:
+    if not report.error <= tol:  # NaN (non-finite outputs) fails too
         estimate = f"; Φ(2θ)/Φ(θ) suggests degree {report.estimated_degree:.3g}" if report.estimated_degree else ""
         raise NotHomogeneousError(
             f"the {network.adapter.name} network is not homogeneous of its declared degree L={report.degree} "

@@ -62,8 +62,18 @@ def main() -> None:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except Exception as exc:  # an unexpected failure still gets one line, details with KKTEMBED_DEBUG=1
+    except MemoryError:
         if debug:
             raise
-        print(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with KKTEMBED_DEBUG=1 for a traceback)", file=sys.stderr)
+        print("Error: out of memory (lower --active-tol or --max-candidates, or use smaller inputs)", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:  # the safety net: reaching it is a bug in kktembed, and the message says so
+        if debug:
+            raise
+        print(
+            f"Error: internal error ({type(exc).__name__}: {exc}). This is a bug in kktembed, not in your input: please "
+            "report it on the project's issue tracker with the command you ran and the traceback that "
+            "KKTEMBED_DEBUG=1 prints",
+            file=sys.stderr,
+        )
+        sys.exit(70)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kktembed.data import Dataset
-from kktembed.errors import UsageError
+from kktembed.errors import InputError, UsageError
 from kktembed.homogeneity import HomogeneityReport, verify_homogeneity
 from kktembed.kkt.gram import gram_matrix
 from kktembed.kkt.margins import Constraints, accuracy, build_constraints, margins, margins_from_outputs, normalized_margin, rescale_to_unit_margin
@@ -56,9 +56,40 @@ class SolvedMultipliers:
 def margin_stage(network: Network, dataset: Dataset) -> MarginStage:
     """q_k(θ) for every constraint (MATH.md §1), q_min and ‖θ‖."""
     outputs = network.forward(dataset.x)
+    if not torch.isfinite(outputs).all():
+        raise InputError(
+            f"the network's outputs overflow float64 on {dataset.source} (max |x| = {float(dataset.x.abs().max()):.3g})",
+            hint="rescale the inputs (the margins of a network without a first-layer bias scale with them)",
+        )
     constraints = build_constraints(dataset.y, outputs.shape[1])
     q = margins_from_outputs(outputs, constraints)
     return MarginStage(outputs, constraints, q, float(q.min()), network.norm())
+
+
+# ‖θ‖^L outside [1e-100, 1e100] is analysed at θ/‖θ‖ (margins would overflow or underflow float64)
+SCALE_DECADES = 100
+
+
+def safe_norm(params: dict[str, torch.Tensor]) -> float:
+    """‖θ‖₂ without overflow or underflow of the squares: s·‖θ/s‖ with s = max|θ_i|."""
+    largest = max((float(value.abs().max()) for value in params.values() if value.numel()), default=0.0)
+    if largest == 0.0:
+        return 0.0
+    return largest * float(torch.sqrt(sum(((value / largest) ** 2).sum() for value in params.values())))
+
+
+def well_scaled(network: Network) -> tuple[Network, float]:
+    """(the network to analyse, ‖θ‖). Everything ``check`` reports except q_min and ‖θ‖ is invariant
+    under θ → cθ (γ̄, θ̂ = θ/q_min^{1/L}, ε, δ, λ: MATH.md §1–2), so a θ whose margins would
+    overflow or underflow float64 is analysed at θ/‖θ‖ and q_min reported as q_min(θ/‖θ‖)·‖θ‖^L."""
+    import math
+
+    norm = safe_norm(network.params)
+    if norm == 0.0:
+        raise InputError("the network is zero (every parameter is 0): it has no margins to analyse", hint="check that the right checkpoint was saved")
+    if abs(network.degree * math.log10(norm)) <= SCALE_DECADES:
+        return network, norm
+    return network.with_params({key: value / norm for key, value in network.params.items()}), norm
 
 
 def candidate_pool(q_hat: torch.Tensor, options: CheckOptions) -> tuple[list[float], float, torch.Tensor]:
@@ -146,12 +177,17 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     step = on_step or (lambda message: None)
     x, degree = dataset.x, network.degree
 
+    floor = precision_floor(network)
+    original, (network, theta_norm) = network, well_scaled(network)
     step("verifying homogeneity (scaling and Euler's identity)")
     homogeneity: HomogeneityReport = verify_homogeneity(network, x[:HOMOGENEITY_SAMPLES])
     state = margin_stage(network, dataset)
-    floor = precision_floor(network)
+    q_min = state.q_min
+    if network is not original:
+        for _ in range(degree):  # q_min(θ) = q_min(θ/‖θ‖)·‖θ‖^L; float products overflow to inf, not an exception
+            q_min *= theta_norm
     result = CheckResult(
-        checkpoint=network.load_report.source if network.load_report is not None else (str(network.path) if network.path else None),
+        checkpoint=original.load_report.source if original.load_report is not None else (str(original.path) if original.path else None),
         data=dataset.source,
         adapter=network.adapter.name,
         activation=network.config.get("activation"),
@@ -162,16 +198,16 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
         n_constraints=len(state.constraints),
         n_parameters=network.n_parameters,
         accuracy=accuracy(state.outputs, dataset.y),
-        q_min=state.q_min,
+        q_min=q_min,
         normalized_margin=normalized_margin(state.q_min, state.theta_norm, degree),
-        theta_norm=state.theta_norm,
+        theta_norm=theta_norm,
         verdict="not_separable",
-        storage_dtype=network.load_report.storage_dtype if network.load_report is not None else "float64",
+        storage_dtype=original.load_report.storage_dtype if original.load_report is not None else "float64",
         precision_floor=floor,
         loss=options.loss,
         kkt_tol=options.kkt_tol,
         approx_tol=options.approx_tol,
-        load=network.load_report.to_dict() if network.load_report is not None else None,
+        load=original.load_report.to_dict() if original.load_report is not None else None,
     )
     step("alignment with the loss gradient")
     result = replace(result, alignment=alignment(network, x, state.constraints, state.q, options.loss))
@@ -186,6 +222,11 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     started = time.perf_counter()
     pool_gram = gram_matrix(network, x, state.constraints.subset(pool), theta_hat).numpy()
     gram_seconds = time.perf_counter() - started
+    if not np.isfinite(pool_gram).all():
+        raise InputError(
+            f"the Gram matrix of the constraint gradients overflows float64 on {dataset.source} (max |x| = {float(x.abs().max()):.3g})",
+            hint="rescale the inputs",
+        )
     solver = MultiplierSolver(network, dataset, state.constraints, theta_hat, q_hat, pool, pool_gram, options.complementarity_weight)
 
     step(f"solving the {options.norm} multiplier problem")
