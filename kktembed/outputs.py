@@ -103,6 +103,11 @@ def guard_outputs(paths: list, force: bool, inputs: list) -> None:
 
 def _check_location(path: Path) -> None:
     """The target is missing or a regular file; its folder exists (or can be made) and is writable."""
+    existing = path.parent
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is not a folder")
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -114,22 +119,15 @@ def _check_location(path: Path) -> None:
         raise OutputError(f"{path} is {kind}; refusing to replace it", hint="give the path of a file to write")
     if info is not None and stat.S_ISLNK(info.st_mode) and os.path.exists(path) and not os.path.isfile(path):
         raise OutputError(f"{path} links to something that is not a regular file; refusing to replace it")
-    parent = path.parent
-    existing = parent
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"cannot write {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: the folder {existing} is not writable", hint="choose another output location")
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
-    if any(len(part.encode()) > name_max - len(PARTIAL) - 24 for part in path.parts[-1:]):
-        raise OutputError(f"cannot write {path}: the file name is too long for this file system (at most about {name_max - len(PARTIAL) - 24} bytes here)")
+    allowed = name_max - len(PARTIAL) - 24  # room for the partial file's suffix
+    if len(path.name.encode()) > allowed:
+        raise OutputError(f"cannot write {path}: the file name is too long for this file system (at most {allowed} bytes here)")
 
 
 def _os_error(path: Path, exc: OSError) -> OutputError:
