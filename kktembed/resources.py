@@ -1,0 +1,121 @@
+"""Compute resources: the memory limit, torch's intra-op thread count, and the compute device.
+
+Importing this module imports only the standard library; torch is imported inside the two functions
+that need it. Memory checks call ``ensure_fits`` before a large allocation, so that a problem too
+big for the machine is refused with its estimate instead of being killed by the kernel.
+
+The limit is ``KKTEMBED_MEMORY_LIMIT`` when set (``"8GiB"``, ``"500MB"``, ``"1.5G"`` or plain bytes),
+else ``AVAILABLE_FRACTION`` of the memory the kernel reports as available (``MemAvailable`` in
+/proc/meminfo, else ``os.sysconf``, else ``FALLBACK_LIMIT``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kktembed.errors import UsageError
+
+MEMORY_LIMIT_VARIABLE = "KKTEMBED_MEMORY_LIMIT"
+AVAILABLE_FRACTION = 0.8
+FALLBACK_LIMIT = 4 * 2**30
+# Decimal units are powers of 1000, binary units (and the bare letters, as in `docker --memory`) of 1024.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
+SIZE_HELP = 'a size such as "8GiB", "500MB", "1.5G" or a number of bytes'
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: ``"8GiB"`` → 8·2³⁰, ``"500MB"`` → 5·10⁸, ``"1.5G"`` → 1.5·2³⁰, ``"123"`` → 123."""
+    match = _SIZE_PATTERN.fullmatch(str(text))
+    unit = match.group(2).lower() if match else None
+    if unit not in _UNITS:
+        raise UsageError(f"invalid size {text!r}", hint=f"use {SIZE_HELP}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(n_bytes: float) -> str:
+    """``n_bytes`` in binary units with three significant figures: 2254857830 → ``"2.10 GiB"``."""
+    value, unit = float(n_bytes), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{int(value)} B" if unit == "B" else f"{value:.3g} {unit}"
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can give without swapping: MemAvailable, else free pages, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def memory_limit_bytes() -> int:
+    """The memory a single large allocation plan may use (module docstring)."""
+    configured = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+    if configured:
+        try:
+            return parse_size(configured)
+        except UsageError as error:
+            raise UsageError(f"{MEMORY_LIMIT_VARIABLE}: {error.message}", hint=error.hint) from None
+    available = available_memory_bytes()
+    return int(AVAILABLE_FRACTION * available) if available else FALLBACK_LIMIT
+
+
+def ensure_fits(needed_bytes: int, what: str, hint: str, limit: int | None = None) -> None:
+    """Raise UsageError if ``needed_bytes`` (an estimate for ``what``) exceeds ``limit`` (default:
+    ``memory_limit_bytes()``); the message gives both numbers, the hint what to lower and how to
+    raise the limit."""
+    limit = memory_limit_bytes() if limit is None else limit
+    if needed_bytes > limit:
+        raise UsageError(
+            f"{what} needs about {format_size(needed_bytes)}, over the memory limit of {format_size(limit)}",
+            hint=f"{hint}, or set {MEMORY_LIMIT_VARIABLE} (e.g. {MEMORY_LIMIT_VARIABLE}=16GiB) if the machine has more",
+        )
+
+
+DEVICE_HELP = 'use "cpu", "cuda" (or "cuda:N") or "auto"'
+
+
+def resolve_device(device=None):
+    """The torch device for ``device``: None or "cpu" → CPU; "auto" → the first GPU if torch sees
+    one, else the CPU; "cuda"/"cuda:N" (or a torch.device) → that GPU, a UsageError without one."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}", hint=DEVICE_HELP) from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {device!r}", hint=DEVICE_HELP)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but torch sees no CUDA GPU", hint='use --device cpu or "auto"')
+    return resolved
