@@ -12,7 +12,7 @@ I ≤ J of constraints from per-chunk *factors*, without forming G:
 Δ and H come from one forward/backward per chunk of constraints (its rows are the constraints'
 samples, the backward seed is each constraint's output signal s_c, so multi-class pairs need nothing
 special). Peak memory is K (n_c² × 8 bytes) plus the factors (all chunks' when they fit under the
-memory limit, else two chunks', recomputed per tile) plus three tile buffers; it is estimated and
+memory limit, else two chunks', recomputed per tile) plus four tile buffers; it is estimated and
 checked before K is allocated. G itself (p × n_c) is formed only by ``gradient_matrix``, for the
 ℓ1/ℓ∞ LPs.
 """
@@ -165,10 +165,10 @@ class GramPlan:
     workspace_floats: int  # forward/backward workspace per row of a chunk (estimate)
 
     def bytes_needed(self, n_constraints: int, chunk_size: int, keep_factors: bool) -> int:
-        """Peak bytes: K, the factors (all or two chunks'), three tile buffers, one chunk's workspace."""
+        """Peak bytes: K, the factors (all or two chunks'), four tile buffers, one chunk's workspace."""
         chunk = max(1, min(chunk_size, n_constraints))
         factor_rows = n_constraints if keep_factors else min(2 * chunk, n_constraints)
-        floats = n_constraints**2 + factor_rows * self.factor_floats + 3 * chunk**2 + chunk * self.workspace_floats
+        floats = n_constraints**2 + factor_rows * self.factor_floats + 4 * chunk**2 + chunk * self.workspace_floats
         return floats * BYTES
 
 
@@ -231,7 +231,7 @@ def gram_plan(network: Network, params: dict[str, torch.Tensor] | None = None) -
 
 def estimate_gram_bytes(network: Network, n_constraints: int, chunk_size: int = DEFAULT_CHUNK) -> int:
     """Peak memory of ``gram_matrix`` with factors recomputed per tile (its least-memory plan): K
-    (n_c² × 8 bytes), two chunks' factors, three chunk × chunk tile buffers and one chunk's
+    (n_c² × 8 bytes), two chunks' factors, four chunk × chunk tile buffers and one chunk's
     forward/backward workspace (the last is an estimate)."""
     return gram_plan(network).bytes_needed(n_constraints, chunk_size, keep_factors=False)
 
@@ -239,18 +239,39 @@ def estimate_gram_bytes(network: Network, n_constraints: int, chunk_size: int = 
 # -- factors of one chunk and the tile products -------------------------------------------------
 
 
+# A chunk keeps one row of H per distinct sample when that leaves at most this fraction of its rows:
+# the layer-input products are then computed per pair of samples and gathered (MATH.md §1: the
+# constraints (k, j) of one sample share its activations), which pays when (C − 1) > 1.
+SHARED_INPUT_FRACTION = 0.7
+
+
 @dataclass
 class Factors:
-    """Factors of one chunk of constraints: K[I, J] = Σ (Δ_I Δ_Jᵀ) ⊙ (H_I H_Jᵀ) + R_I R_Jᵀ."""
+    """Factors of one chunk of constraints: K[I, J] = Σ (Δ_I Δ_Jᵀ) ⊙ (H_I H_Jᵀ) + R_I R_Jᵀ.
 
+    With ``expand`` set, each H holds one row per distinct sample of the chunk, and constraint c
+    uses row ``expand[c]``."""
+
+    size: int  # constraints in the chunk
     outer: list[tuple[torch.Tensor, torch.Tensor]]  # (Δ, H) of each Linear layer
     rows: torch.Tensor | None  # R: conv kernel and bias gradients, fallback gradients
+    expand: torch.Tensor | None
 
 
 def _linear_factors(layer: FactorLayer, inputs: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Δ, H) for a Linear layer: δ_c, and h_c with a trailing 1 for the bias (a weight on a constant input)."""
     columns = ([inputs] if layer.weight else []) + ([torch.ones_like(inputs[:, :1])] if layer.bias else [])
     return delta, torch.cat(columns, dim=1) if len(columns) > 1 else columns[0]
+
+
+def _distinct_samples(sample_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct sample, row → its distinct sample) if sharing pays, else None."""
+    distinct, inverse = torch.unique(sample_rows, return_inverse=True)
+    if len(distinct) > SHARED_INPUT_FRACTION * len(sample_rows):
+        return None
+    positions = torch.arange(len(sample_rows), device=sample_rows.device)
+    first = torch.full((len(distinct),), len(sample_rows), device=sample_rows.device).scatter_reduce_(0, inverse, positions, "amin")
+    return first, inverse
 
 
 def _conv_rows(layer: FactorLayer, inputs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -267,15 +288,16 @@ def _conv_rows(layer: FactorLayer, inputs: torch.Tensor, delta: torch.Tensor) ->
     return torch.cat(columns, dim=1) if len(columns) > 1 else columns[0]
 
 
-def _factor_function(plan: GramPlan, module: nn.Module, params: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], Factors]:
-    """factors(x_rows, signal): one forward/backward of ⟨s_c, Φ(θ; x_c)⟩ over a chunk, plus the
-    torch.func rows of the fallback parameters."""
+def _factor_function(plan: GramPlan, module: nn.Module, params: dict[str, torch.Tensor]) -> Callable[..., Factors]:
+    """factors(x_rows, signal, sample_rows): one forward/backward of ⟨s_c, Φ(θ; x_c)⟩ over a
+    chunk, plus the torch.func rows of the fallback parameters."""
     leaves = {key: value.detach().requires_grad_(True) for key, value in params.items()}
     modules = {layer.name: dict(module.named_modules())[layer.name] for layer in plan.layers}
     fallback_rows = _per_constraint_gradient_function(module, params, list(plan.fallback)) if plan.fallback else None
 
-    def factors(x_rows: torch.Tensor, signal: torch.Tensor) -> Factors:
+    def factors(x_rows: torch.Tensor, signal: torch.Tensor, sample_rows: torch.Tensor) -> Factors:
         outer, rows = [], []
+        shared = _distinct_samples(sample_rows) if any(layer.is_linear for layer in plan.layers) else None
         if plan.layers:
             with _recording(modules) as calls:
                 outputs = _forward(module, leaves, x_rows)
@@ -285,38 +307,51 @@ def _factor_function(plan: GramPlan, module: nn.Module, params: dict[str, torch.
                 delta = torch.zeros_like(output) if delta is None else delta
                 inputs = inputs.detach()
                 if layer.is_linear:
-                    outer.append(_linear_factors(layer, inputs, delta))
+                    outer.append(_linear_factors(layer, inputs if shared is None else inputs[shared[0]], delta))
                 else:
                     rows.append(_conv_rows(layer, inputs, delta))
         if fallback_rows is not None:
             rows.append(fallback_rows(x_rows, signal))
-        return Factors(outer, torch.cat(rows, dim=1) if rows else None)
+        return Factors(len(x_rows), outer, torch.cat(rows, dim=1) if rows else None, None if shared is None else shared[1])
 
     return factors
 
 
 class TileBuffers:
-    """Three chunk × chunk float64 buffers, reused for every tile (views of the needed size)."""
+    """Four chunk × chunk float64 buffers (a tile, two products, a transposed tile), reused for
+    every tile as views of the needed size."""
 
     def __init__(self, chunk: int, device: torch.device):
-        self.storage = [torch.empty(chunk * chunk, dtype=torch.float64, device=device) for _ in range(3)]
+        self.storage = [torch.empty(chunk * chunk, dtype=torch.float64, device=device) for _ in range(4)]
 
     def views(self, rows: int, columns: int) -> list[torch.Tensor]:
         return [buffer[: rows * columns].view(rows, columns) for buffer in self.storage]
 
 
+def _input_products(first: Factors, second: Factors, input_i: torch.Tensor, input_j: torch.Tensor, out: torch.Tensor) -> None:
+    """out = H_I H_Jᵀ over constraints, from per-sample rows where a chunk shares them."""
+    if first.expand is None and second.expand is None:
+        torch.mm(input_i, input_j.T, out=out)
+        return
+    products = input_i @ input_j.T
+    if first.expand is not None:
+        products = products.index_select(0, first.expand)
+    if second.expand is not None:
+        torch.index_select(products, 1, second.expand, out=out)
+    else:
+        out.copy_(products)
+
+
 def tile_product(first: Factors, second: Factors, buffers: TileBuffers) -> torch.Tensor:
     """K[I, J] = Σ_layers (Δ_I Δ_Jᵀ) ⊙ (H_I H_Jᵀ) + R_I R_Jᵀ (a view into ``buffers``)."""
-    rows = first.outer[0][0].shape[0] if first.outer else first.rows.shape[0]
-    columns = second.outer[0][0].shape[0] if second.outer else second.rows.shape[0]
-    tile, deltas, inputs = buffers.views(rows, columns)
+    tile, deltas, inputs, _ = buffers.views(first.size, second.size)
     if first.rows is not None:
         torch.mm(first.rows, second.rows.T, out=tile)
     else:
         tile.zero_()
     for (delta_i, input_i), (delta_j, input_j) in zip(first.outer, second.outer):
         torch.mm(delta_i, delta_j.T, out=deltas)
-        torch.mm(input_i, input_j.T, out=inputs)
+        _input_products(first, second, input_i, input_j, inputs)
         tile.addcmul_(deltas, inputs)
     return tile
 
@@ -356,7 +391,7 @@ def gram_matrix(
 
     def compute(index: int) -> Factors:
         part = parts[index]
-        return factors_of_rows(x_device[sample[part]], signal[part])
+        return factors_of_rows(x_device[sample[part]], signal[part], sample[part])
 
     stored = [compute(index) for index in range(len(parts))] if keep_factors else None
     factors = stored.__getitem__ if keep_factors else compute
@@ -371,5 +406,6 @@ def gram_matrix(
                 gram[rows, rows].copy_(tile).add_(tile.T).mul_(0.5)
             else:
                 gram[rows, columns] = tile
-                gram[columns, rows] = tile.T
+                # A transposed copy into a contiguous buffer is much faster than into a strided view of K.
+                gram[columns, rows] = buffers.views(tile.shape[1], tile.shape[0])[3].copy_(tile.T)
     return gram.cpu()
