@@ -1,6 +1,6 @@
 """Compute resources: the memory limit, torch's intra-op thread count, and the compute device.
 
-Importing this module imports only the standard library; torch is imported inside the two functions
+Importing this module imports only the standard library; torch is imported inside the functions
 that need it. Memory checks call ``ensure_fits`` before a large allocation, so that a problem too
 big for the machine is refused with its estimate instead of being killed by the kernel.
 
@@ -61,10 +61,10 @@ def format_size(n_bytes: float) -> str:
     return f"{int(value)} B" if unit == "B" else f"{value:.3g} {unit}"
 
 
-def available_memory_bytes() -> int | None:
+def available_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
     """Memory the kernel can give without swapping: MemAvailable, else free pages, else None."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
+        with open(meminfo, encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
@@ -98,6 +98,51 @@ def ensure_fits(needed_bytes: int, what: str, hint: str, limit: int | None = Non
             f"{what} needs about {format_size(needed_bytes)}, over the memory limit of {format_size(limit)}",
             hint=f"{hint}, or set {MEMORY_LIMIT_VARIABLE} (e.g. {MEMORY_LIMIT_VARIABLE}=16GiB) if the machine has more",
         )
+
+
+# Threads. Measured on a 2-core machine shared with other jobs (benchmarks/bench_gram.py --threads):
+# below about 1e9 floating-point operations a second intra-op thread only adds synchronisation
+# (Gram of 500 constraints of a 64-64-64-1 MLP: 2 threads 1.5–2× slower than 1; the weighted
+# gradient of 3,000 constraints of a 64-256-256-10 MLP: 10–25× slower), and when the other cores
+# are busy it loses on large problems too (16,173 constraints: 3.4× slower), while on an idle
+# machine it wins there (about 1.6×).
+SMALL_WORK = 1e9
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_for_work(work: float, current: int) -> int:
+    """Intra-op threads for ``work`` floating-point operations, at most ``current``: 1 below
+    SMALL_WORK; else the cores not busy with other work by the 1-minute load average (one unit of
+    the load is taken to be this process)."""
+    if work < SMALL_WORK:
+        return 1
+    try:
+        others = max(0.0, os.getloadavg()[0] - 1.0)
+    except OSError:
+        others = 0.0
+    return max(1, min(current, usable_cores() - int(others)))
+
+
+@contextmanager
+def intra_op_threads(work: float) -> Iterator[int]:
+    """Run the block with ``threads_for_work(work, torch.get_num_threads())`` intra-op threads,
+    then restore torch's previous setting. Yields the count used."""
+    import torch
+
+    previous = torch.get_num_threads()
+    count = threads_for_work(work, previous)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 DEVICE_HELP = 'use "cpu", "cuda" (or "cuda:N") or "auto"'

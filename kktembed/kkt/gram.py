@@ -30,11 +30,12 @@ from torch import nn
 
 from kktembed.kkt.margins import Constraints
 from kktembed.network import Network
-from kktembed.resources import ensure_fits, memory_limit_bytes, resolve_device
+from kktembed.resources import ensure_fits, intra_op_threads, memory_limit_bytes, resolve_device
 
 DEFAULT_CHUNK = 1024
 GRAM_HINT = "lower --active-tol or --max-candidates"
 BYTES = 8  # float64
+FORWARD_BACKWARD_FLOPS = 6  # per sample and parameter: a multiply-add forward, two backward
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -78,14 +79,15 @@ def weighted_margin_gradient(
     sample_signal = torch.zeros(n, constraints.signal.shape[1], dtype=torch.float64)
     sample_signal.index_add_(0, constraints.sample, constraints.signal * weights.to(torch.float64).reshape(-1, 1))
     active = torch.nonzero(sample_signal.abs().sum(dim=1) > 0).reshape(-1)
-    for part in _chunks(len(active), DEFAULT_CHUNK * 4):
-        rows = active[part]
-        outputs = _forward(module, leaves, x[rows].to(device=device, dtype=torch.float64))
-        seed = sample_signal[rows].to(device)
-        grads = torch.autograd.grad((outputs * seed).sum(), list(leaves.values()), allow_unused=True)
-        for key, grad in zip(leaves, grads):
-            if grad is not None:
-                total[key] += grad
+    with intra_op_threads(FORWARD_BACKWARD_FLOPS * len(active) * network.n_parameters):
+        for part in _chunks(len(active), DEFAULT_CHUNK * 4):
+            rows = active[part]
+            outputs = _forward(module, leaves, x[rows].to(device=device, dtype=torch.float64))
+            seed = sample_signal[rows].to(device)
+            grads = torch.autograd.grad((outputs * seed).sum(), list(leaves.values()), allow_unused=True)
+            for key, grad in zip(leaves, grads):
+                if grad is not None:
+                    total[key] += grad
     return {key: value.cpu() for key, value in total.items()}
 
 
@@ -163,6 +165,11 @@ class GramPlan:
     fallback: tuple[str, ...]  # parameters differentiated per constraint by torch.func
     factor_floats: int  # factor entries per constraint (all layers and the fallback rows)
     workspace_floats: int  # forward/backward workspace per row of a chunk (estimate)
+
+    def flops(self, n_constraints: int, n_parameters: int) -> float:
+        """Work of the assembly (an upper bound): the tile products over the upper triangle of K
+        and the forward/backward passes."""
+        return n_constraints**2 * self.factor_floats + FORWARD_BACKWARD_FLOPS * n_constraints * n_parameters
 
     def bytes_needed(self, n_constraints: int, chunk_size: int, keep_factors: bool) -> int:
         """Peak bytes: K, the factors (all or two chunks'), four tile buffers, one chunk's workspace."""
@@ -393,19 +400,20 @@ def gram_matrix(
         part = parts[index]
         return factors_of_rows(x_device[sample[part]], signal[part], sample[part])
 
-    stored = [compute(index) for index in range(len(parts))] if keep_factors else None
-    factors = stored.__getitem__ if keep_factors else compute
-    gram = torch.empty(n, n, dtype=torch.float64, device=device)
-    buffers = TileBuffers(min(chunk_size, n), device)
-    for i, rows in enumerate(parts):
-        first = factors(i)
-        for j in range(i, len(parts)):
-            columns = parts[j]
-            tile = tile_product(first, first if j == i else factors(j), buffers)
-            if i == j:  # symmetrize the diagonal tile exactly
-                gram[rows, rows].copy_(tile).add_(tile.T).mul_(0.5)
-            else:
-                gram[rows, columns] = tile
-                # A transposed copy into a contiguous buffer is much faster than into a strided view of K.
-                gram[columns, rows] = buffers.views(tile.shape[1], tile.shape[0])[3].copy_(tile.T)
+    with intra_op_threads(plan.flops(n, network.n_parameters)):
+        stored = [compute(index) for index in range(len(parts))] if keep_factors else None
+        factors = stored.__getitem__ if keep_factors else compute
+        gram = torch.empty(n, n, dtype=torch.float64, device=device)
+        buffers = TileBuffers(min(chunk_size, n), device)
+        for i, rows in enumerate(parts):
+            first = factors(i)
+            for j in range(i, len(parts)):
+                columns = parts[j]
+                tile = tile_product(first, first if j == i else factors(j), buffers)
+                if i == j:  # symmetrize the diagonal tile exactly
+                    gram[rows, rows].copy_(tile).add_(tile.T).mul_(0.5)
+                else:
+                    gram[rows, columns] = tile
+                    # A transposed copy into a contiguous buffer is much faster than into a strided view of K.
+                    gram[columns, rows] = buffers.views(tile.shape[1], tile.shape[0])[3].copy_(tile.T)
     return gram.cpu()
