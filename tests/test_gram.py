@@ -132,13 +132,21 @@ def test_blocked_gram_matches_jacobian_gram(name, chunk_size):
     assert_gram_matches(gram, jacobian_gram(network, x, constraints))
 
 
-def test_a_subset_of_constraints_in_any_order(monkeypatch):
+RANDOM_SUBSET = torch.randperm(40, generator=torch.Generator().manual_seed(9))[:23].tolist()
+# chunks of 8: samples 0–1 (4 constraints each: shared inputs), samples 2–9 once each (not shared),
+# samples 2–4 again (shared): tiles mix both forms in both orders.
+MIXED_CHUNKS = list(range(8)) + list(range(8, 40, 4)) + [9, 10, 11, 13, 14, 15, 17, 18]
+
+
+@pytest.mark.parametrize("order", [RANDOM_SUBSET, MIXED_CHUNKS], ids=["random-subset", "shared-and-not"])
+def test_a_subset_of_constraints_in_any_order(order):
     """Candidate sets are subsets; constraints of one sample need not be adjacent."""
     network = random_network("mlp", MLP_TEN_CLASS, seed=6)
     x = random_inputs(network, 10, seed=7)
     constraints = build_constraints(random_labels(10, network.output_dim, seed=8), network.output_dim)
-    subset = constraints.subset(torch.randperm(len(constraints), generator=torch.Generator().manual_seed(9))[:23])
-    gram = gram_matrix(network, x, subset, network.params, chunk_size=6)
+    assert len(constraints) == 40
+    subset = constraints.subset(torch.tensor(order))
+    gram = gram_matrix(network, x, subset, network.params, chunk_size=8)
     assert_gram_matches(gram, jacobian_gram(network, x, subset))
 
 
