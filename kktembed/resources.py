@@ -100,12 +100,13 @@ def ensure_fits(needed_bytes: int, what: str, hint: str, limit: int | None = Non
         )
 
 
-# Threads. Measured on a 2-core machine shared with other jobs (benchmarks/bench_gram.py --threads):
-# below about 1e9 floating-point operations a second intra-op thread only adds synchronisation
-# (Gram of 500 constraints of a 64-64-64-1 MLP: 2 threads 1.5–2× slower than 1; the weighted
-# gradient of 3,000 constraints of a 64-256-256-10 MLP: 10–25× slower), and when the other cores
-# are busy it loses on large problems too (16,173 constraints: 3.4× slower), while on an idle
-# machine it wins there (about 1.6×).
+# Threads. Measured with benchmarks/bench_gram.py --threads on a 2-core machine shared with other
+# jobs. With one core kept busy by another process, 2 intra-op threads were slower than 1 on every
+# problem tried: the Gram matrix of 500 constraints of a 64-64-64-1 MLP 1.5×, its weighted gradient
+# 4.8×, the Gram matrix of 16,173 constraints of a 64-256-256-10 MLP 2.4×; tiny problems lose most
+# (in one run a weighted gradient of 200 constraints of a 16-32-32-1 MLP took 0.2 ms with 1 thread
+# and 270 ms with 2). When a core was free, 2 threads won by 1.3–1.8×. Hence: one thread below SMALL_WORK floating-point operations, and above it no
+# more threads than the load average leaves idle cores.
 SMALL_WORK = 1e9
 
 
