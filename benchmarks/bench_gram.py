@@ -9,6 +9,7 @@ own allocation pattern (K and three n_c × n_c temporaries) would pass 6 GiB are
     python benchmarks/bench_gram.py                         # every case, a table on stdout
     python benchmarks/bench_gram.py --group ten_class       # one group (see GROUPS)
     python benchmarks/bench_gram.py --case new:mlp10:16173  # one case, JSON on stdout
+    python benchmarks/bench_gram.py --pin-threads 1         # both versions on one intra-op thread
     python benchmarks/bench_gram.py --threads [--busy]      # 1 against 2 intra-op threads
 
 Settings (digits, 1,797 samples of 8×8, float64, PyTorch's default initialisation, seed 0):
@@ -99,9 +100,11 @@ def old_peak_bytes(n_constraints: int) -> int:
     return 4 * n_constraints**2 * 8
 
 
-def run_case(case: str, save: str | None) -> dict:
+def run_case(case: str, save: str | None, threads: int | None) -> dict:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)  # the new code never raises it
     version, name, n_text = case.split(":")
     network, x, constraints = setting(name, int(n_text))
     gram_matrix = old_gram_module().gram_matrix if version == "old" else __import__("kktembed.kkt.gram", fromlist=["gram_matrix"]).gram_matrix
@@ -123,11 +126,12 @@ def run_case(case: str, save: str | None) -> dict:
         "seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_1min": os.getloadavg()[0],
+        "threads": torch.get_num_threads(),
     }
 
 
-def run_in_process(case: str, save: str | None = None) -> dict:
-    command = [sys.executable, __file__, "--case", case] + (["--save", save] if save else [])
+def run_in_process(case: str, save: str | None, threads: int | None) -> dict:
+    command = [sys.executable, __file__, "--case", case] + (["--save", save] if save else []) + (["--pin-threads", str(threads)] if threads else [])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -139,15 +143,15 @@ def max_relative_difference(first: str, second: str) -> float:
     return float((new - old).abs().max() / old.abs().max())
 
 
-def table(groups: list[str]) -> None:
+def table(groups: list[str], threads: int | None) -> None:
     print(f"{'setting':<8} {'n_c':>6} {'p':>9} {'new s':>8} {'new MiB':>8} {'est. MiB':>8} {'old s':>8} {'old MiB':>8} {'old/new':>8} {'max rel diff':>13} {'load':>5}")
     with tempfile.TemporaryDirectory() as folder:
         for group in groups:
             for name, n in GROUPS[group]:
                 compare = n <= 4000
                 new_file, old_file = (os.path.join(folder, f"{version}.pt") if compare else None for version in ("new", "old"))
-                new = run_in_process(f"new:{name}:{n}", new_file)
-                old = run_in_process(f"old:{name}:{n}", old_file) if old_peak_bytes(n) <= OLD_LIMIT_BYTES else None
+                new = run_in_process(f"new:{name}:{n}", new_file, threads)
+                old = run_in_process(f"old:{name}:{n}", old_file, threads) if old_peak_bytes(n) <= OLD_LIMIT_BYTES else None
                 difference = f"{max_relative_difference(new_file, old_file):13.1e}" if compare and old else f"{'':>13}"
                 old_text = f"{old['seconds']:8.2f} {old['peak_rss_mib']:8.0f} {old['seconds'] / new['seconds']:8.1f}" if old else f"{'not run':>8} {'':>8} {'':>8}"
                 print(
@@ -156,7 +160,7 @@ def table(groups: list[str]) -> None:
                 )
 
 
-THREAD_CASES = [("mlp64", 500), ("mlp1", 1797), ("mlp10", 2010), ("mlp10", 16173)]
+THREAD_CASES = [("mlp16", 200), ("mlp64", 500), ("mlp1", 1797), ("mlp10", 2010), ("mlp10", 16173)]
 
 
 def thread_comparison(busy: bool, rounds: int) -> None:
@@ -200,16 +204,17 @@ def main() -> None:
     parser.add_argument("--case", help="VERSION:SETTING:N_CONSTRAINTS, e.g. new:mlp10:16173")
     parser.add_argument("--save", help="with --case: save K there (torch.save)")
     parser.add_argument("--group", choices=sorted(GROUPS), action="append")
+    parser.add_argument("--pin-threads", type=int, help="torch intra-op threads for every case (default: torch's)")
     parser.add_argument("--threads", action="store_true", help="compare 1 and 2 intra-op threads")
     parser.add_argument("--busy", action="store_true", help="with --threads: keep one core busy meanwhile")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.save)))
+        print(json.dumps(run_case(args.case, args.save, args.pin_threads)))
     elif args.threads:
         thread_comparison(args.busy, args.rounds)
     else:
-        table(args.group or list(GROUPS))
+        table(args.group or list(GROUPS), args.pin_threads)
 
 
 if __name__ == "__main__":

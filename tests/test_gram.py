@@ -242,6 +242,10 @@ def test_auto_device_without_a_gpu_computes_on_the_cpu():
     x = random_inputs(network, 7)
     constraints = build_constraints(random_labels(7, network.output_dim), network.output_dim)
     assert torch.equal(gram_matrix(network, x, constraints, network.params, device="auto"), gram_matrix(network, x, constraints, network.params))
+    weights = torch.rand(len(constraints), dtype=torch.float64)
+    automatic = weighted_margin_gradient(network, x, constraints, weights, network.params, device="auto")
+    default = weighted_margin_gradient(network, x, constraints, weights, network.params)
+    assert all(torch.equal(automatic[key], default[key]) for key in default)
     with pytest.raises(UsageError, match="CUDA"):
         gram_matrix(network, x, constraints, network.params, device="cuda")
 
