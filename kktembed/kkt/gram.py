@@ -363,6 +363,38 @@ def tile_product(first: Factors, second: Factors, buffers: TileBuffers) -> torch
     return tile
 
 
+def _keep_all_factors(plan: GramPlan, n: int, chunk_size: int, device: torch.device, what: str) -> bool:
+    """Refuse (UsageError) if even the least-memory plan does not fit; otherwise say whether all
+    chunks' factors fit as well (then they are computed once, not once per tile)."""
+    least, most = (plan.bytes_needed(n, chunk_size, keep_factors=keep) for keep in (False, True))
+    if device.type == "cpu":
+        ensure_fits(least, what, GRAM_HINT)
+        return most <= memory_limit_bytes()
+    ensure_fits(n * n * BYTES, what, GRAM_HINT)  # K is copied back to the host
+    free_on_device = torch.cuda.mem_get_info(device)[0]
+    ensure_fits(least, f"{what} on {device}", GRAM_HINT, limit=free_on_device)
+    return most <= free_on_device
+
+
+def _assemble(parts: list[slice], factors: Callable[[int], Factors], device: torch.device) -> torch.Tensor:
+    """K from the tiles I ≤ J; K[J, I] = K[I, J]ᵀ and diagonal tiles are symmetrized, so K = Kᵀ exactly."""
+    n = parts[-1].stop if parts else 0
+    gram = torch.empty(n, n, dtype=torch.float64, device=device)
+    buffers = TileBuffers(parts[0].stop if parts else 0, device)
+    for i, rows in enumerate(parts):
+        first = factors(i)
+        for j in range(i, len(parts)):
+            columns = parts[j]
+            tile = tile_product(first, first if j == i else factors(j), buffers)
+            if i == j:
+                gram[rows, rows].copy_(tile).add_(tile.T).mul_(0.5)
+            else:
+                gram[rows, columns] = tile
+                # A transposed copy into a contiguous buffer is much faster than into a strided view of K.
+                gram[columns, rows] = buffers.views(tile.shape[1], tile.shape[0])[3].copy_(tile.T)
+    return gram
+
+
 def gram_matrix(
     network: Network,
     x: torch.Tensor,
@@ -374,22 +406,13 @@ def gram_matrix(
 ) -> torch.Tensor:
     """K = GᵀG (n_c × n_c, float64, exactly symmetric), K_ab = ⟨∇q_a(θ), ∇q_b(θ)⟩, assembled in
     tiles of ``chunk_size`` constraints (module docstring). Refuses with a UsageError when the
-    estimated peak memory exceeds the limit of ``kktembed.resources``. Computed on ``device``
-    (None/"cpu", "cuda", "auto"); the result is on the CPU."""
+    estimated peak memory (``estimate_gram_bytes``) exceeds the limit of ``kktembed.resources``.
+    Computed on ``device`` (None/"cpu", "cuda", "auto"); the result is on the CPU."""
     device = resolve_device(device)
     n = len(constraints)
     plan = gram_plan(network, params)
-    least = plan.bytes_needed(n, chunk_size, keep_factors=False)
     what = f"the Gram matrix of {n:,} constraints ({network.n_parameters:,} parameters)"
-    if device.type == "cpu":
-        ensure_fits(least, what, GRAM_HINT)
-        keep_factors = plan.bytes_needed(n, chunk_size, keep_factors=True) <= memory_limit_bytes()
-    else:
-        ensure_fits(n * n * BYTES, what, GRAM_HINT)  # K is copied back to the host
-        free_on_device = torch.cuda.mem_get_info(device)[0]
-        ensure_fits(least, f"{what} on {device}", GRAM_HINT, limit=free_on_device)
-        keep_factors = plan.bytes_needed(n, chunk_size, keep_factors=True) <= free_on_device
-
+    keep_factors = _keep_all_factors(plan, n, chunk_size, device, what)
     module, on_device = _on_device(network, params, device)
     factors_of_rows = _factor_function(plan, module, on_device)
     parts = list(_chunks(n, chunk_size))
@@ -401,19 +424,9 @@ def gram_matrix(
         return factors_of_rows(x_device[sample[part]], signal[part], sample[part])
 
     with intra_op_threads(plan.flops(n, network.n_parameters)):
-        stored = [compute(index) for index in range(len(parts))] if keep_factors else None
-        factors = stored.__getitem__ if keep_factors else compute
-        gram = torch.empty(n, n, dtype=torch.float64, device=device)
-        buffers = TileBuffers(min(chunk_size, n), device)
-        for i, rows in enumerate(parts):
-            first = factors(i)
-            for j in range(i, len(parts)):
-                columns = parts[j]
-                tile = tile_product(first, first if j == i else factors(j), buffers)
-                if i == j:  # symmetrize the diagonal tile exactly
-                    gram[rows, rows].copy_(tile).add_(tile.T).mul_(0.5)
-                else:
-                    gram[rows, columns] = tile
-                    # A transposed copy into a contiguous buffer is much faster than into a strided view of K.
-                    gram[columns, rows] = buffers.views(tile.shape[1], tile.shape[0])[3].copy_(tile.T)
+        if keep_factors:
+            stored = [compute(index) for index in range(len(parts))]
+            gram = _assemble(parts, stored.__getitem__, device)
+        else:
+            gram = _assemble(parts, compute, device)
     return gram.cpu()
