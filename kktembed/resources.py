@@ -100,13 +100,14 @@ def ensure_fits(needed_bytes: int, what: str, hint: str, limit: int | None = Non
         )
 
 
-# Threads. Measured with benchmarks/bench_gram.py --threads on a 2-core machine shared with other
-# jobs. With one core kept busy by another process, 2 intra-op threads were slower than 1 on every
-# problem tried: the Gram matrix of 500 constraints of a 64-64-64-1 MLP 1.5×, its weighted gradient
-# 4.8×, the Gram matrix of 16,173 constraints of a 64-256-256-10 MLP 2.4×; tiny problems lose most
-# (in one run a weighted gradient of 200 constraints of a 16-32-32-1 MLP took 0.2 ms with 1 thread
-# and 270 ms with 2). When a core was free, 2 threads won by 1.3–1.8×. Hence: one thread below SMALL_WORK floating-point operations, and above it no
-# more threads than the load average leaves idle cores.
+# Threads. Measured with benchmarks/bench_gram.py --threads [--busy] on a 2-core machine shared with
+# other jobs (two runs each). With one core kept busy by another process, 2 intra-op threads were
+# slower than 1 on every problem tried: the Gram matrix of 200 constraints of a 64-16-16-1 MLP
+# 1.8 ms against 290 ms, of 500 constraints of a 64-64-64-1 MLP 1.5–19×, of 16,173 constraints of a
+# 64-256-256-10 MLP 2.4–3.3× (the weighted gradient alike). Without that process, 2 threads won by
+# 1.2–1.8× while the other jobs left a core free and lost by up to 3.7× while they did not.
+# Hence: one thread below SMALL_WORK floating-point operations, and above it no more threads than
+# the load average leaves idle cores.
 SMALL_WORK = 1e9
 
 
