@@ -45,6 +45,7 @@ from kktembed.errors import ArchitectureError, KktembedError, UsageError
 from kktembed.kkt.margins import build_constraints, normalized_margin
 from kktembed.losses import MarginLoss, get_loss
 from kktembed.network import Network, flatten_params, unflatten_params
+from kktembed.resources import resolve_device, torch_threads  # noqa: F401  (part of this module's interface)
 from kktembed.training_options import DEVICES, OPTIMIZERS, TraceOptions  # noqa: F401  (kktembed.dynamics.TraceOptions)
 
 # Below this many floating-point operations per step (forward and backward of both networks, as
@@ -87,28 +88,6 @@ class TraceResult:
             "final_stationarity_narrow": next((r["relative_stationarity_narrow"] for r in reversed(self.records) if "relative_stationarity_narrow" in r), None),
             "final_stationarity_wide": next((r["relative_stationarity_wide"] for r in reversed(self.records) if "relative_stationarity_wide" in r), None),
         }
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """None or "cpu": the CPU; "cuda": the current GPU (a UsageError without one); "auto": the GPU
-    if there is one, else the CPU."""
-    if name in (None, "cpu"):
-        return torch.device("cpu")
-    available = torch.cuda.is_available()
-    if name == "cuda" and not available:
-        raise UsageError("--device cuda: no CUDA device is available", hint="use --device cpu, or auto to take a GPU only when there is one")
-    return torch.device("cuda" if available else "cpu")
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch intra-op threads; the previous setting is restored after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def threads_for(step_flops: float, available: int) -> int:

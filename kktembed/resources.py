@@ -133,18 +133,26 @@ def threads_for_work(work: float, current: int) -> int:
 
 
 @contextmanager
-def intra_op_threads(work: float) -> Iterator[int]:
-    """Run the block with ``threads_for_work(work, torch.get_num_threads())`` intra-op threads,
-    then restore torch's previous setting. Yields the count used."""
+def torch_threads(count: int) -> Iterator[int]:
+    """Run the block with ``count`` torch intra-op threads; the previous setting is restored after."""
     import torch
 
     previous = torch.get_num_threads()
-    count = threads_for_work(work, previous)
     torch.set_num_threads(count)
     try:
         yield count
     finally:
         torch.set_num_threads(previous)
+
+
+@contextmanager
+def intra_op_threads(work: float) -> Iterator[int]:
+    """Run the block with ``threads_for_work(work, torch.get_num_threads())`` intra-op threads,
+    then restore torch's previous setting. Yields the count used."""
+    import torch
+
+    with torch_threads(threads_for_work(work, torch.get_num_threads())) as count:
+        yield count
 
 
 DEVICE_HELP = 'use "cpu", "cuda" (or "cuda:N") or "auto"'

@@ -211,7 +211,7 @@ def test_bad_options_are_refused(options, fragment):
 def test_auto_device_falls_back_to_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device(None) == torch.device("cpu")
-    with pytest.raises(UsageError, match="no CUDA device"):
+    with pytest.raises(UsageError, match="no CUDA GPU"):
         resolve_device("cuda")
     network, data, _ = load("mlp_gd")
     assert paired_training(network, plan_from_spec(network, "copies=2"), data, TraceOptions(steps=5, device="auto")).device == "cpu"
