@@ -14,8 +14,9 @@ loss) from PyTorch's default initialisation scaled by 0.5 (separated after ~100 
 Gram matrix (2.1 GB, assembled in row blocks from the per-layer factors K = Σ_l (ΔΔᵀ)⊙(HHᵀ), MATH.md §3,
 upper block triangle mirrored, so that peak memory stays near one n_c × n_c matrix) are cached under
 /tmp/kktembed-bench-solver. ε is measured directly (one backward pass, ``stationarity_residual``).
-Peak memory: ``solver MiB`` is the growth of the process's peak RSS during the solve alone,
-``peak MiB`` the whole process's.
+Times are medians of 3 runs. Memory: ``solve MiB`` is the growth of the process's peak RSS during
+the (first) solve alone, ``peak MiB`` the whole process's. The active-set solver runs with one BLAS
+thread (it sets this itself); Clarabel with its defaults.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ CACHE = Path("/tmp/kktembed-bench-solver")
 SETTINGS = {"binary": {"widths": [64, 256, 256, 1], "seed": 0}, "multiclass": {"widths": [64, 256, 256, 10], "seed": 1}}
 TRAINING_STEPS = 500
 GRAM_BLOCK = 1024
+REPEATS = 3  # timings are medians: the machine is shared
 
 
 def current_rss_mib() -> float:
@@ -205,12 +208,18 @@ def relative_epsilon(network, x, constraints, multipliers) -> float:
     return stationarity_residual(network, x, constraints, lam, network.params) / network.norm()
 
 
-def measured(solve) -> tuple[object, float, float]:
-    """(result, seconds, MiB by which the process's peak RSS grew during ``solve``)."""
+def measured(solve, repeats: int = REPEATS) -> tuple[object, float, float]:
+    """(result, median seconds over ``repeats`` calls, MiB by which the process's peak RSS grew during
+    the first call)."""
     baseline = max(current_rss_mib(), peak_rss_mib())
-    started = time.perf_counter()
-    result = solve()
-    return result, time.perf_counter() - started, max(0.0, peak_rss_mib() - baseline)
+    seconds = []
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        result = solve()
+        seconds.append(time.perf_counter() - started)
+        if repeat == 0:
+            memory = max(0.0, peak_rss_mib() - baseline)
+    return result, statistics.median(seconds), memory
 
 
 def run_binary(n_candidates: int, solver: str) -> dict:

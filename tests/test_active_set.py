@@ -321,3 +321,20 @@ def test_fixture_residuals_agree_with_clarabel():
         ours = epsilon(solve_nonnegative_qp(gram, b).multipliers)
         assert abs(ours - epsilon(polished)) <= 1e-8 * norm, name
         assert ours <= epsilon(clarabel) + 1e-12 * norm, name
+
+
+def test_the_l2_path_does_not_import_cvxpy():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from kktembed.kkt.active_set import most_complementary_optimum, solve_nonnegative_qp\n"
+        "a = np.random.default_rng(0).normal(size=(6, 4)); a = np.hstack([a, a[:, :1]])\n"
+        "k, c = a.T @ a, a.T @ a.sum(axis=1)\n"
+        "optimum = solve_nonnegative_qp(k, c).multipliers\n"
+        "most_complementary_optimum(k, c, np.arange(5.0), optimum)\n"
+        "print('cvxpy' in sys.modules)\n"
+    )
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "False"

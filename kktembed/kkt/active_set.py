@@ -236,8 +236,8 @@ def enter_support(state: IterationState, slot: int, violation: float) -> int:
     step = min(full_step, blocked_step)
     if not np.isfinite(step):
         raise SolverError(
-            "ℓ2 multiplier QP is unbounded below: the Gram matrix is not positive semidefinite",
-            hint="check that K = GᵀG was computed in float64 and symmetrised",
+            "ℓ2 multiplier QP is unbounded below: K is not positive semidefinite, or b is not Gᵀθ̂ (c leaves K's range)",
+            hint="check that K = GᵀG and b = L·q(θ̂) come from the same θ̂, in float64",
         )
     state.multipliers[factor.slots] = np.maximum(current - step * a, 0.0)
     state.multipliers[slot] = step
@@ -402,7 +402,8 @@ def solve_nonnegative_qp(
     On exit the KKT conditions are certified with Kλ recomputed from K's columns: λ ≥ 0,
     |Kλ − c|_k ≤ ``tolerance``·s on S and (Kλ − c)_k ≥ −``tolerance``·s off S, s = max|c| + max_k K_kk·Σλ;
     SolverError if they do not hold (after one restart from a fresh factor). K is never copied: the
-    iteration reads rows K_S· and blocks K_WW of a working set; memory beyond K is O(|W|² + n_c)."""
+    iteration reads rows K_S· (in chunks of 32 MiB) and copies the block K_WW of a working set W,
+    |W| ≤ n_c/4, so memory beyond K is at most 1/16 of K plus O(|S|² + n_c)."""
     with single_threaded_blas():
         return certified_optimum(gram, linear, start, tolerance, max_steps)
 
@@ -433,7 +434,7 @@ def certified_optimum(gram: np.ndarray, linear: np.ndarray, start: np.ndarray | 
         violation = kkt_violation(gradient, multipliers, scale_of(multipliers.sum()))
         if violation <= tolerance:
             objective = 0.5 * float(multipliers @ gradient) - 0.5 * float(linear @ multipliers)  # ½λᵀKλ − cᵀλ
-            return ActiveSetSolution(multipliers, np.flatnonzero(multipliers > 0), steps, violation, objective, time.perf_counter() - started)
+            return ActiveSetSolution(multipliers, np.flatnonzero(multipliers > 0), steps, float(violation), objective, time.perf_counter() - started)
     raise SolverError(
         f"ℓ2 multiplier QP: the active-set solution fails its KKT check (relative violation {violation:.1e} > {tolerance:.0e})",
         hint="K must be symmetric positive semidefinite (float64); try --solver clarabel",
