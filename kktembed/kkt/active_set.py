@@ -31,7 +31,6 @@ certificate on exit computes Kλ from the columns K_·S, so a non-symmetric K fa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +40,7 @@ from kktembed.errors import SolverError
 # A column whose squared distance to span(g_S), ρ², is below this fraction of ‖g_t‖² = K_tt counts as
 # dependent (ρ is then rounding: about √(eps · cond K_SS)).
 PIVOT_TOLERANCE = 1e-10
-# An index enters S while its violation exceeds tolerance / ENTERING_MARGIN (times the scale), so
+# An index enters S while its violation exceeds tolerance / ENTERING_MARGIN (times its scale s_k), so
 # that the certificate (at ``tolerance``) is not decided by the rounding of Kλ.
 ENTERING_MARGIN = 10.0
 # Elements of K gathered at once when reading rows or columns (32 MiB of float64).
@@ -57,7 +56,7 @@ class ActiveSetSolution:
     multipliers: np.ndarray  # λ ≥ 0, one per candidate
     support: np.ndarray  # S = {k : λ_k > 0}, increasing
     iterations: int  # Lawson–Hanson steps: an index entering or leaving S
-    kkt_violation: float  # max(|Kλ − c|_S, (c − Kλ)⁺ off S) / scale, scale = max|c| + max_k K_kk · Σλ
+    kkt_violation: float  # max_k |Kλ − c|_k / s_k on S, (c − Kλ)_k⁺ / s_k off S; s_k = |c_k| + √K_kk Σ_j √K_jj λ_j
     objective: float  # f(λ) = ½λᵀKλ − cᵀλ
     seconds: float
 
@@ -179,9 +178,17 @@ def columns_combination(matrix: np.ndarray, columns: np.ndarray, weights: np.nda
     return total
 
 
-def problem_scale(linear: np.ndarray, largest_diagonal: float, multiplier_sum: float) -> float:
-    """max|c| + max_k K_kk · Σλ: bounds |c_k| and |(Kλ)_k| (|K_kj| ≤ max K_kk for a PSD K)."""
-    return float(np.abs(linear).max(initial=0.0)) + largest_diagonal * multiplier_sum + 1e-300
+def violation_scales(linear: np.ndarray, gradient_norms: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """s_k = |c_k| + ‖g_k‖·Σ_j ‖g_j‖λ_j with ‖g_k‖ = √K_kk: bounds |c_k| and |(Kλ)_k| (|K_kj| ≤ ‖g_k‖‖g_j‖),
+    and the rounding of (Kλ)_k is a few n_c·eps·s_k. Each violation is measured relative to its own s_k,
+    so the conditions do not depend on how the constraints' gradients are scaled."""
+    support = np.flatnonzero(multipliers)
+    return np.abs(linear) + gradient_norms * float(gradient_norms[support] @ multipliers[support]) + 1e-300
+
+
+def gradient_norms_of(matrix: np.ndarray) -> np.ndarray:
+    """‖g_k‖ = √K_kk (0 where rounding makes K_kk negative)."""
+    return np.sqrt(np.maximum(np.diagonal(matrix), 0.0))
 
 
 def descent_gradient(state: IterationState) -> np.ndarray:
@@ -255,8 +262,8 @@ def enter_support(state: IterationState, slot: int, violation: float) -> int:
     return 1
 
 
-def most_violated(descent: np.ndarray, diagonal: np.ndarray, excluded: np.ndarray, threshold: float, count: int) -> np.ndarray:
-    """Up to ``count`` indices outside ``excluded`` with (c − Kλ)_k > threshold, largest
+def most_violated(descent: np.ndarray, diagonal: np.ndarray, excluded: np.ndarray, threshold: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` indices outside ``excluded`` with (c − Kλ)_k > threshold_k, largest
     (c − Kλ)_k² / K_kk first (steepest edge: the decrease of f along e_k alone)."""
     candidates = np.flatnonzero((descent > threshold) & ~excluded)
     if len(candidates) == 0:
@@ -269,14 +276,15 @@ def most_violated(descent: np.ndarray, diagonal: np.ndarray, excluded: np.ndarra
     return candidates[np.argsort(-score, kind="stable")]
 
 
-def lawson_hanson(state: IterationState, scale_of: Callable[[float], float], tolerance: float, budget: int) -> int:
-    """Lawson–Hanson on the indices of ``state`` until no index violates the conditions by more than
-    ``tolerance`` × scale; returns the steps taken (at most ``budget``, else SolverError)."""
+def lawson_hanson(state: IterationState, tolerance: float, budget: int) -> int:
+    """Lawson–Hanson on the indices of ``state`` until no (c − Kλ)_k exceeds ``tolerance``·s_k
+    (``violation_scales``); returns the steps taken (at most ``budget``, else SolverError)."""
     diagonal = np.diagonal(state.matrix)
+    norms = gradient_norms_of(state.matrix)
     steps = minimise_on_support(state)
     while True:
         descent = descent_gradient(state)
-        threshold = tolerance * scale_of(state.multipliers.sum())
+        threshold = tolerance * violation_scales(state.linear, norms, state.multipliers)
         entering = most_violated(descent, diagonal, state.in_support, threshold, 1)
         if len(entering) == 0:
             return steps
@@ -316,15 +324,13 @@ def factor_support(matrix: np.ndarray, multipliers: np.ndarray, slots: np.ndarra
     return factor
 
 
-def optimum_on_working_sets(
-    gram: np.ndarray, linear: np.ndarray, multipliers: np.ndarray, scale_of: Callable[[float], float], tolerance: float, budget: int
-) -> tuple[np.ndarray, int]:
+def optimum_on_working_sets(gram: np.ndarray, linear: np.ndarray, multipliers: np.ndarray, tolerance: float, budget: int) -> tuple[np.ndarray, int]:
     """Lawson–Hanson on growing working sets W (module docstring): W starts as the support of λ and
     the largest violators, and gains the max(SMALLEST_BATCH, |S|) largest violators outside it each
     round until there are none; once |W| > WHOLE_FRACTION·n_c the iteration runs on K itself.
     Returns (λ, steps)."""
     n = len(linear)
-    diagonal = np.diagonal(gram)
+    diagonal, norms = np.diagonal(gram), gradient_norms_of(gram)
     working = np.flatnonzero(multipliers > 0)
     steps, first = 0, True
     while True:
@@ -332,7 +338,8 @@ def optimum_on_working_sets(
         descent = linear - rows_combination(gram, support, multipliers[support])
         inside = np.zeros(n, dtype=bool)
         inside[working] = True
-        extra = most_violated(descent, diagonal, inside, tolerance * scale_of(multipliers.sum()), max(SMALLEST_BATCH, len(support)))
+        threshold = tolerance * violation_scales(linear, norms, multipliers)
+        extra = most_violated(descent, diagonal, inside, threshold, max(SMALLEST_BATCH, len(support)))
         if len(extra) == 0 and not first:
             return multipliers, steps
         first = False
@@ -343,7 +350,7 @@ def optimum_on_working_sets(
         block = gram if whole else gram[np.ix_(working, working)]
         local = multipliers[working]
         state = IterationState(block, linear[working], local, factor_support(block, local, np.flatnonzero(local > 0)))
-        steps += lawson_hanson(state, scale_of, tolerance, budget - steps)
+        steps += lawson_hanson(state, tolerance, budget - steps)
         multipliers = np.zeros(n)
         multipliers[working] = state.multipliers
         if whole:
@@ -356,15 +363,14 @@ def qp_gradient(gram: np.ndarray, linear: np.ndarray, multipliers: np.ndarray) -
     return columns_combination(gram, support, multipliers[support]) - linear
 
 
-def kkt_violation(gradient: np.ndarray, multipliers: np.ndarray, scale: float) -> float:
-    """max(|Kλ − c|_S, max((c − Kλ)_k, 0) off S, max(−λ, 0)) / scale."""
+def kkt_violation(gradient: np.ndarray, multipliers: np.ndarray, scales: np.ndarray) -> float:
+    """max_k of |Kλ − c|_k / s_k on S and (c − Kλ)_k⁺ / s_k off S (``violation_scales``); λ ≥ 0 is
+    required exactly (infinite violation otherwise)."""
+    if (multipliers < 0).any():
+        return np.inf
     on_support = multipliers > 0
-    worst = max(
-        float(np.abs(gradient[on_support]).max(initial=0.0)),
-        float(np.maximum(-gradient[~on_support], 0.0).max(initial=0.0)),
-        float(np.maximum(-multipliers, 0.0).max(initial=0.0)),
-    )
-    return worst / scale
+    relative = np.where(on_support, np.abs(gradient), np.maximum(-gradient, 0.0)) / scales
+    return float(relative.max(initial=0.0))
 
 
 def validated_inputs(gram: np.ndarray, linear: np.ndarray, start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -400,7 +406,8 @@ def solve_nonnegative_qp(
     it does not change the answer.
 
     On exit the KKT conditions are certified with Kλ recomputed from K's columns: λ ≥ 0,
-    |Kλ − c|_k ≤ ``tolerance``·s on S and (Kλ − c)_k ≥ −``tolerance``·s off S, s = max|c| + max_k K_kk·Σλ;
+    |Kλ − c|_k ≤ ``tolerance``·s_k on S and (Kλ − c)_k ≥ −``tolerance``·s_k off S, with the scale of each
+    constraint s_k = |c_k| + √K_kk·Σ_j √K_jj λ_j (a bound on |c_k| and |(Kλ)_k|, see ``violation_scales``);
     SolverError if they do not hold (after one restart from a fresh factor). K is never copied: the
     iteration reads rows K_S· (in chunks of 32 MiB) and copies the block K_WW of a working set W,
     |W| ≤ n_c/4, so memory beyond K is at most 1/16 of K plus O(|S|² + n_c)."""
@@ -420,18 +427,13 @@ def certified_optimum(gram: np.ndarray, linear: np.ndarray, start: np.ndarray | 
     """``solve_nonnegative_qp`` without the thread limit."""
     started = time.perf_counter()
     linear, multipliers = validated_inputs(gram, linear, start)
-    largest_diagonal = float(np.diagonal(gram).max(initial=0.0))
-
-    def scale_of(multiplier_sum: float) -> float:
-        return problem_scale(linear, largest_diagonal, multiplier_sum)
-
     budget = max_steps if max_steps is not None else 20 * len(linear) + 100
     steps = 0
     for _ in range(2):  # a failed certificate gets one more run, from fresh factors
-        multipliers, taken = optimum_on_working_sets(gram, linear, multipliers, scale_of, tolerance / ENTERING_MARGIN, budget - steps)
+        multipliers, taken = optimum_on_working_sets(gram, linear, multipliers, tolerance / ENTERING_MARGIN, budget - steps)
         steps += taken
         gradient = qp_gradient(gram, linear, multipliers)
-        violation = kkt_violation(gradient, multipliers, scale_of(multipliers.sum()))
+        violation = kkt_violation(gradient, multipliers, violation_scales(linear, gradient_norms_of(gram), multipliers))
         if violation <= tolerance:
             objective = 0.5 * float(multipliers @ gradient) - 0.5 * float(linear @ multipliers)  # ½λᵀKλ − cᵀλ
             return ActiveSetSolution(multipliers, np.flatnonzero(multipliers > 0), steps, float(violation), objective, time.perf_counter() - started)
