@@ -10,10 +10,13 @@ Settings (the digits of benchmarks/bench_check.py, pixels / 16, float64):
   the 284 constraints of smallest margin, and all 1,797.
 - multi-class: 64-256-256-10 (p = 84,480), all 1,797 × 9 = 16,173 constraints (k, j ≠ y_k).
 Both networks are trained a little: 500 full-batch Adam steps on log Σ_k e^{−q_k} (the exponential
-loss) from PyTorch's default initialisation scaled by 0.5 (separated after ~100 steps); the QP is that of ``check`` at θ̂ (b = L·q(θ̂), μ = 0). The trained parameters, and the 16,173 × 16,173
-Gram matrix (2.1 GB, assembled in row blocks from the per-layer factors K = Σ_l (ΔΔᵀ)⊙(HHᵀ), MATH.md §3,
-upper block triangle mirrored, so that peak memory stays near one n_c × n_c matrix) are cached under
-/tmp/kktembed-bench-solver. ε is measured directly (one backward pass, ``stationarity_residual``).
+loss) from PyTorch's default initialisation scaled by 0.5 (separated after ~100 steps); the QP is
+that of ``check`` at θ̂ (b = L·q(θ̂), μ = 0). The trained parameters and the 16,173 × 16,173 Gram
+matrix are cached under /tmp/kktembed-bench-solver. That K (2.1 GB) is assembled here in row blocks
+from the per-layer factors, K = Σ_l (Δ_lΔ_lᵀ)⊙(H_lH_lᵀ) (MATH.md §3), upper block triangle mirrored,
+so that peak memory stays near one n_c × n_c matrix (``gram_matrix`` holds about four of them, over
+the 6 GiB a process may use here); it equals ``gram_matrix`` on a 1,500-constraint corner, which is
+checked. ε is measured directly (one backward pass, ``stationarity_residual``).
 Times are medians of 3 runs. Memory: ``solve MiB`` is the growth of the process's peak RSS during
 the (first) solve alone, ``peak MiB`` the whole process's. The active-set solver runs with one BLAS
 thread (it sets this itself); Clarabel with its defaults.
