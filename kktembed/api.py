@@ -247,6 +247,8 @@ def embed(
     y: Any = None,
     norm: str = "l2",
     active_tol: float = 0.1,
+    solver: str = "auto",
+    device: str | None = None,
     on_step: Callable[[str], None] | None = None,
 ):
     """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
@@ -254,7 +256,7 @@ def embed(
     from kktembed.embed import embed_networks
     from kktembed.loading import load_network
 
-    options = check_options_from({"norm": norm, "active_tol": active_tol, "profile": False})
+    options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
     _require_tolerance(tol, "tol")
     data = _data(data, x, y, None)
     narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)

@@ -317,7 +317,7 @@ def fixture_problems():
 def test_fixture_residuals_agree_with_clarabel():
     """ε = ‖θ̂ − Σλ_k∇q_k(θ̂)‖ measured directly, active set against Clarabel (and its active-set
     polish, as ``check`` refines it): |Δε| ≤ 1e-8·‖θ̂‖, and never worse than Clarabel's."""
-    from kktembed.kkt.analysis import stationarity_residual
+    from kktembed.kkt.residuals import stationarity_residual
     from kktembed.kkt.gram import gram_matrix
     from kktembed.kkt.solve import polish_l2, solve_l2
 

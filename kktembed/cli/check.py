@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kktembed.cli.options import ActiveTol, Activation, Arch, ArchConfig, Data, DatasetName, Force, Json, Layers, Loss, Norm, NormOption
+from kktembed.cli.options import ActiveTol, Activation, Arch, ArchConfig, Data, DatasetName, Device, DeviceOption, Force, Json, Layers, Loss, Norm, NormOption, Solver, SolverOption
 
 Checkpoints = Annotated[
     list[Path],
@@ -29,6 +29,8 @@ def check(
     layers: Layers = None,
     norm: NormOption = Norm.l2,
     active_tol: ActiveTol = 0.1,
+    solver: SolverOption = Solver.auto,
+    device: DeviceOption = Device.cpu,
     complementarity_weight: Annotated[float, typer.Option("--complementarity-weight", help="μ ≥ 0: adds μ Σ λ_k (q_k − 1) to the objective.")] = 0.0,
     loss: Annotated[Loss, typer.Option("--loss", help="Loss ℓ for the alignment β = cos∠(θ, −∇𝓛).")] = Loss.exp,
     kink_tol: Annotated[float, typer.Option("--kink-tol", help="A pre-activation z is at a ReLU kink if |z| ≤ tol · max|z| of its layer.")] = 1e-6,
@@ -95,6 +97,8 @@ def check(
         approx_tol=approx_tol,
         profile=profile,
         max_candidates=max_candidates,
+        solver=solver.value,
+        device=device.value,
     )
     check_options_from(options)
     spec = arch_spec(arch, arch_config, activation, layers)

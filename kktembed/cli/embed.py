@@ -9,7 +9,7 @@ import typer
 
 from kktembed.validation import require_number
 
-from kktembed.cli.options import ActiveTol, Activation, Arch, ArchConfig, Data, DatasetName, Json, Layers, Norm, NormOption
+from kktembed.cli.options import ActiveTol, Activation, Arch, ArchConfig, Data, DatasetName, Device, DeviceOption, Json, Layers, Norm, NormOption, Solver, SolverOption
 
 
 def embed(
@@ -23,6 +23,8 @@ def embed(
     layers: Layers = None,
     norm: NormOption = Norm.l2,
     active_tol: ActiveTol = 0.1,
+    solver: SolverOption = Solver.auto,
+    device: DeviceOption = Device.cpu,
     tol: Annotated[float, typer.Option("--tol", help="Relative tolerance for ‖θ̃ − Tθ‖/‖Tθ‖ and max|Σc²−1| in the verdict.")] = 1e-10,
     json_output: Json = False,
 ) -> None:
@@ -52,5 +54,5 @@ def embed(
     spec = arch_spec(arch, arch_config, activation, layers)
     with progress_steps(not json_output) as on_step:
         on_step("loading checkpoints and data")
-        result = embed_checkpoints(narrow, wide, arch=spec, data=data, dataset=dataset, norm=norm.value, active_tol=active_tol, tol=tol, on_step=on_step)
+        result = embed_checkpoints(narrow, wide, arch=spec, data=data, dataset=dataset, norm=norm.value, active_tol=active_tol, solver=solver.value, device=device.value, tol=tol, on_step=on_step)
     Output(json_output).embed(result, narrow=str(narrow), wide=str(wide), data=result.narrow.data)

@@ -25,11 +25,11 @@ from kktembed.errors import InputError, UsageError
 from kktembed.homogeneity import HomogeneityReport, verify_homogeneity
 from kktembed.kkt.gram import gram_matrix
 from kktembed.kkt.margins import Constraints, accuracy, build_constraints, margins, margins_from_outputs, normalized_margin, rescale_to_unit_margin
-from kktembed.kkt.norms import CandidateProblem, get_norm
+from kktembed.kkt.norms import CandidateProblem, get_norm, solver_for
 from kktembed.kkt.options import PROFILE_TOLS, CheckOptions
 from kktembed.kkt.residuals import alignment, kink_counts, stationarity_vector
 from kktembed.kkt.result import CheckResult, ProfileRow, verdict_for
-from kktembed.kkt.select import Trial, choose_multipliers
+from kktembed.kkt.select import EPSILON_ALLOWANCE, Trial, choose_multipliers
 from kktembed.kkt.solve import MultiplierSolution
 from kktembed.network import Network, flatten_params
 
@@ -93,7 +93,8 @@ def well_scaled(network: Network) -> tuple[Network, float]:
 
 
 def candidate_pool(q_hat: torch.Tensor, options: CheckOptions) -> tuple[list[float], float, torch.Tensor]:
-    """(τ ladder, widest τ that fits --max-candidates, indices of A_widest) (MATH.md §2 support)."""
+    """(τ ladder, widest τ that fits --max-candidates, indices of A_widest sorted by q_k(θ̂), so that
+    each A_τ is a leading block) (MATH.md §2 support)."""
     ladder = sorted({options.active_tol, *(PROFILE_TOLS if options.profile else ())})
     widest = max((tol for tol in ladder if int((q_hat <= 1 + tol).sum()) <= options.max_candidates), default=None)
     if widest is None or widest < options.active_tol:
@@ -102,15 +103,22 @@ def candidate_pool(q_hat: torch.Tensor, options: CheckOptions) -> tuple[list[flo
             f"exceed --max-candidates {options.max_candidates}",
             hint="lower --active-tol or raise --max-candidates",
         )
-    return ladder, widest, torch.nonzero(q_hat <= 1 + widest).reshape(-1)
+    pool = torch.nonzero(q_hat <= 1 + widest).reshape(-1)
+    order = np.lexsort((pool.numpy(), q_hat[pool].numpy()))  # by q, ties by index
+    return ladder, widest, pool[torch.from_numpy(order)]
 
 
 class MultiplierSolver:
-    """λ on A_τ for any τ ≤ widest and any norm, from the pool's Gram matrix, cached per (τ, norm)."""
+    """λ on A_τ for any τ ≤ widest and any norm, cached per (τ, norm). The pool (A_widest) is sorted
+    by q_k(θ̂), so every A_τ is a leading block of it and its Gram matrix a view of the pool's
+    (MATH.md §3: one n_c × n_c matrix in all); ℓ2 solves start from the solution of the next smaller
+    τ already solved (warm start)."""
 
-    def __init__(self, network: Network, dataset: Dataset, constraints: Constraints, theta_hat: dict, q_hat: torch.Tensor, pool: torch.Tensor, pool_gram: np.ndarray, mu: float):
+    def __init__(self, network: Network, dataset: Dataset, constraints: Constraints, theta_hat: dict, q_hat: torch.Tensor, pool: torch.Tensor, pool_gram: np.ndarray, options: CheckOptions):
         self.network, self.x, self.constraints, self.theta_hat = network, dataset.x, constraints, theta_hat
-        self.q_hat, self.pool, self.pool_gram, self.mu = q_hat, pool, pool_gram, mu
+        self.q_hat, self.pool, self.pool_gram = q_hat, pool, pool_gram
+        self.mu, self.solver, self.device = options.complementarity_weight, options.solver, options.device
+        self.theta_hat_vector = flatten_params(theta_hat)
         self.solved: dict[tuple[float, str], SolvedMultipliers] = {}
 
     def solve(self, tol: float, norm_name: str) -> SolvedMultipliers:
@@ -121,21 +129,68 @@ class MultiplierSolver:
 
     def _solve(self, tol: float, norm_name: str) -> SolvedMultipliers:
         norm = get_norm(norm_name)
-        inside = (self.q_hat[self.pool] <= 1 + tol).numpy()
-        candidates = self.pool[torch.from_numpy(inside)]
+        size = int((self.q_hat[self.pool] <= 1 + tol).sum())
+        candidates = self.pool[:size]
         problem = CandidateProblem(
-            self.pool_gram[np.ix_(inside, inside)], self.q_hat[candidates].numpy(), self.network.degree,
+            self.pool_gram[:size, :size], self.q_hat[candidates].numpy(), self.network.degree,
             self.network, self.x, self.constraints.subset(candidates), self.theta_hat,
         )
-        solution, trials = norm.trials(problem, self.mu, refine=self.mu == 0)
-        measured = []
-        for multipliers in trials:
-            full = torch.zeros(len(self.constraints), dtype=torch.float64)
-            full[candidates] = torch.from_numpy(multipliers)
-            residual = stationarity_vector(self.network, self.x, self.constraints, full, self.theta_hat)
-            measured.append(Trial(full, residual, float((full * (self.q_hat - 1)).sum())))
-        chosen = choose_multipliers(measured, flatten_params(self.theta_hat), norm.order)
-        return SolvedMultipliers(solution, chosen.multipliers, float(chosen.residual.norm()), chosen is not measured[0])
+        solution, multipliers = norm.trials(problem, self.mu, self.mu == 0, solver_for(norm, self.solver), self._warm_start(norm_name, size))
+        full = [self._on_all_constraints(candidates, values) for values in multipliers]
+        complementarity = [float((values * (self.q_hat - 1)).sum()) for values in full]
+        if norm.name == "l2":
+            chosen = self._choose_l2(problem, multipliers, full, complementarity)
+        else:
+            residuals = [self._residual(values) for values in full]
+            trials = [Trial(values, float(torch.linalg.vector_norm(r, ord=norm.order)), c) for values, r, c in zip(full, residuals, complementarity)]
+            chosen = choose_multipliers(trials, float(torch.linalg.vector_norm(self.theta_hat_vector, ord=norm.order)))
+        epsilon = float(self._residual(chosen.multipliers).norm())
+        return SolvedMultipliers(solution, chosen.multipliers, epsilon, chosen.multipliers is not full[0])
+
+    def _choose_l2(self, problem: CandidateProblem, multipliers: list[np.ndarray], full: list[torch.Tensor], complementarity: list[float]) -> Trial:
+        """Choose among ℓ2 trials by ε² = λᵀKλ − 2bᵀλ + ‖θ̂‖² from the Gram matrix where that is
+        accurate (ε² far above its rounding, about 8u(‖θ̂‖² + λᵀKλ + 2|bᵀλ|)), measuring by a backward
+        pass only the trials that could still win; otherwise every trial is measured."""
+        theta_squared = float(self.theta_hat_vector @ self.theta_hat_vector)
+        estimates, bounds = [], []
+        for values in multipliers:
+            support = np.flatnonzero(values)
+            quadratic = float(values[support] @ (problem.gram[np.ix_(support, support)] @ values[support])) if len(support) else 0.0
+            linear = float(problem.b @ values)
+            estimates.append(max(quadratic - 2 * linear + theta_squared, 0.0))
+            bounds.append(8 * np.finfo(np.float64).eps * (theta_squared + quadratic + 2 * abs(linear)))
+        accurate = all(estimate > 1e4 * bound for estimate, bound in zip(estimates, bounds))
+        norms = [float(np.sqrt(estimate)) for estimate in estimates]
+        errors = [bound / (2 * norm) if norm > 0 else float("inf") for bound, norm in zip(bounds, norms)]
+        if accurate:
+            best = min(norms)
+            reach = EPSILON_ALLOWANCE * float(self.theta_hat_vector.norm())
+            contenders = [i for i, norm in enumerate(norms) if norm - errors[i] <= best + errors[norms.index(best)] + reach]
+        else:
+            contenders = list(range(len(full)))
+        for i in contenders:
+            norms[i] = float(self._residual(full[i]).norm())
+        trials = [Trial(full[i], norms[i], complementarity[i]) for i in contenders]
+        return choose_multipliers(trials, float(self.theta_hat_vector.norm()))
+
+    def _warm_start(self, norm_name: str, size: int) -> np.ndarray | None:
+        """λ of the largest smaller τ already solved for this norm, padded with zeros."""
+        smaller = [(int((self.q_hat[self.pool] <= 1 + tol).sum()), solved) for (tol, name), solved in self.solved.items() if name == norm_name]
+        smaller = [(n, solved) for n, solved in smaller if n <= size]
+        if not smaller:
+            return None
+        n, solved = max(smaller, key=lambda item: item[0])
+        start = np.zeros(size)
+        start[:n] = solved.multipliers[self.pool[:n]].numpy()
+        return start
+
+    def _on_all_constraints(self, candidates: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+        full = torch.zeros(len(self.constraints), dtype=torch.float64)
+        full[candidates] = torch.from_numpy(np.ascontiguousarray(values))
+        return full
+
+    def _residual(self, multipliers: torch.Tensor) -> torch.Tensor:
+        return stationarity_vector(self.network, self.x, self.constraints, multipliers, self.theta_hat, self.device)
 
 
 def support_mask(multipliers: torch.Tensor, support_tol: float) -> torch.Tensor:
@@ -210,7 +265,7 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
         load=original.load_report.to_dict() if original.load_report is not None else None,
     )
     step("alignment with the loss gradient")
-    result = replace(result, alignment=alignment(network, x, state.constraints, state.q, options.loss))
+    result = replace(result, alignment=alignment(network, x, state.constraints, state.q, options.loss, options.device))
     if state.q_min <= 0:
         return result
 
@@ -220,14 +275,14 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     ladder, widest, pool = candidate_pool(q_hat, options)
     step(f"Gram matrix of {len(pool)} candidate constraints")
     started = time.perf_counter()
-    pool_gram = gram_matrix(network, x, state.constraints.subset(pool), theta_hat).numpy()
+    pool_gram = gram_matrix(network, x, state.constraints.subset(pool), theta_hat, device=options.device).numpy()
     gram_seconds = time.perf_counter() - started
     if not np.isfinite(pool_gram).all():
         raise InputError(
             f"the Gram matrix of the constraint gradients overflows float64 on {dataset.source} (max |x| = {float(x.abs().max()):.3g})",
             hint="rescale the inputs",
         )
-    solver = MultiplierSolver(network, dataset, state.constraints, theta_hat, q_hat, pool, pool_gram, options.complementarity_weight)
+    solver = MultiplierSolver(network, dataset, state.constraints, theta_hat, q_hat, pool, pool_gram, options)
 
     step(f"solving the {options.norm} multiplier problem")
     solved = solver.solve(options.active_tol, options.norm)
@@ -240,7 +295,7 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     relative_delta = float(complementarity.sum()) / multiplier_sum if multiplier_sum > 0 else 0.0
     verdict, note = verdict_for(relative_epsilon, relative_delta, options.kkt_tol, options.approx_tol, floor)
     norm = get_norm(options.norm)
-    residual_vector = stationarity_vector(network, x, state.constraints, lam, theta_hat)
+    residual_vector = solver._residual(lam)
     result = replace(
         result,
         verdict=verdict,

@@ -18,8 +18,9 @@ from kktembed.errors import UsageError
 if TYPE_CHECKING:
     import numpy as np
 
-# The ℓ1/ℓ∞ LPs materialise G (p × n_c float64); beyond this they are refused with a hint.
-LP_MEMORY_LIMIT = 4 * 2**30
+# The ℓ1/ℓ∞ LPs materialise G (p × n_c float64): beyond this (or the machine's memory limit,
+# kktembed.resources) they are refused with a hint. None: the machine's limit only.
+LP_MEMORY_LIMIT: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,41 @@ class MultiplierNorm:
     name: str = ""
     order: float = 2.0  # for torch.linalg.vector_norm / np.linalg.norm
     description: str = ""
+    solvers: tuple[str, ...] = ()  # the first is the default
 
-    def trials(self, problem: CandidateProblem, mu: float, refine: bool):
-        """(solution, [λ to measure, least refined first]) for complementarity weight μ."""
+    def trials(self, problem: CandidateProblem, mu: float, refine: bool, solver: str, start=None):
+        """(solution, [λ to measure, least refined first]) for complementarity weight μ; ``start``:
+        λ of a nested smaller candidate set (zeros elsewhere), for solvers that can warm-start."""
         raise NotImplementedError
 
 
 class L2Norm(MultiplierNorm):
+    """The QP on the Gram matrix, min_{λ≥0} ½λᵀKλ − cᵀλ with c = b − (μ/2)(q − 1) (MATH.md §3),
+    solved by the exact active-set method (kktembed.kkt.active_set; no cvxpy), or by Clarabel through
+    cvxpy with an active-set polish (``--solver clarabel``)."""
+
     name, order = "l2", 2.0
     description = "QP on the Gram matrix (fast)"
+    solvers = ("active-set", "clarabel")
 
-    def trials(self, problem, mu, refine):
+    def trials(self, problem, mu, refine, solver, start=None):
+        if solver == "clarabel":
+            return self._clarabel_trials(problem, mu, refine)
+        from kktembed.kkt.active_set import most_complementary_optimum, solve_nonnegative_qp
+        from kktembed.kkt.solve import MultiplierSolution
+
+        linear = problem.b - 0.5 * mu * problem.excess
+        exact = solve_nonnegative_qp(problem.gram, linear, start=start)
+        solution = MultiplierSolution(exact.multipliers, "ACTIVE-SET", "optimal", exact.seconds)
+        trials = [exact.multipliers]
+        if refine:
+            complementary = most_complementary_optimum(problem.gram, linear, problem.excess, exact.multipliers)
+            if complementary is not None:  # its equalities are relaxed by 1e-9: polish it back onto the optimal set
+                trials += [complementary, solve_nonnegative_qp(problem.gram, linear, start=complementary).multipliers]
+        return solution, trials
+
+    @staticmethod
+    def _clarabel_trials(problem, mu, refine):
         from kktembed.kkt.solve import most_complementary_l2, polish_l2, solve_l2
 
         solution = solve_l2(problem.gram, problem.b, problem.excess, mu)
@@ -74,11 +99,12 @@ class L2Norm(MultiplierNorm):
 
 class LPNorm(MultiplierNorm):
     description = "LP on the p × n_c gradient matrix (slower, more memory)"
+    solvers = ("highs",)
 
     def __init__(self, name: str, order: float):
         self.name, self.order = name, order
 
-    def trials(self, problem, mu, refine):
+    def trials(self, problem, mu, refine, solver, start=None):
         import numpy as np
 
         from kktembed.kkt.gram import gradient_matrix
@@ -86,14 +112,16 @@ class LPNorm(MultiplierNorm):
         from kktembed.kkt.solve import most_complementary_lp, solve_lp
         from kktembed.network import flatten_params
 
+        from kktembed.resources import ensure_fits
+
         n_parameters, n_candidates = problem.network.n_parameters, len(problem.q)
-        needed = n_parameters * n_candidates * 8
-        if needed > LP_MEMORY_LIMIT:
-            raise UsageError(
-                f"the {self.name} LP needs the {n_parameters:,} × {n_candidates:,} gradient matrix "
-                f"({needed / 2**30:.1f} GiB, over the {LP_MEMORY_LIMIT / 2**30:.0f} GiB limit)",
-                hint="use --norm l2 (Gram matrix only) or a smaller --active-tol",
-            )
+        # G itself, and cvxpy's copy of it in the LP's constraint matrix
+        ensure_fits(
+            2 * n_parameters * n_candidates * 8,
+            f"the {self.name} LP over the {n_parameters:,} × {n_candidates:,} gradient matrix",
+            hint="use --norm l2 (Gram matrix only) or a smaller --active-tol",
+            limit=LP_MEMORY_LIMIT,
+        )
         gradients = gradient_matrix(problem.network, problem.x, problem.constraints, problem.theta_hat).numpy()
         theta_vector = flatten_params(problem.theta_hat).numpy()
         solution = solve_lp(gradients, theta_vector, problem.excess, self.name, mu)
@@ -107,6 +135,20 @@ class LPNorm(MultiplierNorm):
 
 
 NORMS: dict[str, MultiplierNorm] = {norm.name: norm for norm in (L2Norm(), LPNorm("l1", 1.0), LPNorm("linf", float("inf")))}
+
+
+SOLVERS = ("auto", "active-set", "clarabel", "highs")
+
+
+def solver_for(norm: MultiplierNorm, solver: str) -> str:
+    """The solver to use: ``auto`` is the norm's default; another must be one the norm has."""
+    if solver not in SOLVERS:
+        raise UsageError(f"unknown solver {solver!r}", hint=f"use {', '.join(SOLVERS)}")
+    if solver == "auto":
+        return norm.solvers[0]
+    if solver not in norm.solvers:
+        raise UsageError(f"--solver {solver} does not solve the {norm.name} problem", hint=f"{norm.name} uses {' or '.join(norm.solvers)}")
+    return solver
 
 
 def get_norm(name: str) -> MultiplierNorm:

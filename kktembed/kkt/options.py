@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kktembed.errors import UsageError
-from kktembed.kkt.norms import get_norm
+from kktembed.kkt.norms import get_norm, solver_for
 from kktembed.losses import get_loss
 from kktembed.validation import require_integer, require_number
 
@@ -24,11 +24,15 @@ class CheckOptions:
     profile: bool = True
     max_candidates: int = 5000
     support_tol: float = 1e-8  # λ_k counts as support if λ_k > support_tol · max λ
+    solver: str = "auto"  # ℓ2: active-set (default) or clarabel; ℓ1/ℓ∞: highs
+    device: str | None = None  # where the Gram matrix and the gradients are computed (None: CPU)
 
     def validate(self) -> "CheckOptions":
         """Raise UsageError (exit 2) for an unknown name or an out-of-range number (NaN included)."""
-        get_norm(self.norm)
+        solver_for(get_norm(self.norm), self.solver)
         get_loss(self.loss)
+        if self.device not in (None, "cpu", "auto") and not str(self.device).startswith("cuda"):
+            raise UsageError(f"unknown device {self.device!r}", hint='use "cpu", "cuda" or "auto"')
         require_number(self.active_tol, "--active-tol", low=0.0)
         require_number(self.complementarity_weight, "--complementarity-weight", low=0.0)
         require_number(self.kink_tol, "--kink-tol", low=0.0, high=1.0)

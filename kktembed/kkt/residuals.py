@@ -17,9 +17,9 @@ from kktembed.losses import get_loss
 from kktembed.network import Network, flatten_params
 
 
-def stationarity_vector(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict) -> torch.Tensor:
-    """θ̂ − Σ_k λ_k ∇q_k(θ̂) (MATH.md §2), by one backward pass of Σ λ_k q_k."""
-    combination = weighted_margin_gradient(network, x, constraints, multipliers, theta_hat)
+def stationarity_vector(network: Network, x: torch.Tensor, constraints: Constraints, multipliers: torch.Tensor, theta_hat: dict, device=None) -> torch.Tensor:
+    """θ̂ − Σ_k λ_k ∇q_k(θ̂) (MATH.md §2), by one backward pass of Σ λ_k q_k (on ``device``)."""
+    combination = weighted_margin_gradient(network, x, constraints, multipliers, theta_hat, device=device)
     return flatten_params(theta_hat) - flatten_params(combination)
 
 
@@ -28,9 +28,9 @@ def stationarity_residual(network: Network, x: torch.Tensor, constraints: Constr
     return float(stationarity_vector(network, x, constraints, multipliers, theta_hat).norm())
 
 
-def alignment(network: Network, x: torch.Tensor, constraints: Constraints, q: torch.Tensor, loss: str) -> float:
+def alignment(network: Network, x: torch.Tensor, constraints: Constraints, q: torch.Tensor, loss: str, device=None) -> float:
     """β = cos∠(θ, −∇𝓛(θ)), 𝓛 = Σ_k ℓ(q_k) over all constraints (MATH.md §2, Ji & Telgarsky)."""
-    descent = flatten_params(weighted_margin_gradient(network, x, constraints, get_loss(loss).descent_weights(q), network.params))
+    descent = flatten_params(weighted_margin_gradient(network, x, constraints, get_loss(loss).descent_weights(q), network.params, device=device))
     theta = flatten_params(network.params)
     denominator = float(theta.norm() * descent.norm())
     return float(theta @ descent) / denominator if denominator > 0 else float("nan")

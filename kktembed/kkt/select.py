@@ -20,18 +20,19 @@ DELTA_TIE = 1e-6
 
 @dataclass(frozen=True)
 class Trial:
-    """A candidate λ (over all constraints) with its measured residual vector θ̂ − Σλ∇q and δ."""
+    """A candidate λ (over all constraints) with its residual ‖θ̂ − Σλ∇q‖ in the problem's norm,
+    measured or (ℓ2) estimated from the Gram matrix, and its δ = Σλ(q − 1)."""
 
     multipliers: torch.Tensor
-    residual: torch.Tensor
+    residual_norm: float
     complementarity: float
 
 
-def choose_multipliers(trials: list[Trial], theta_hat: torch.Tensor, order: float) -> Trial:
-    """The trial with the smallest residual in the norm of ``order``, ties broken as the module
-    docstring says (trials come least refined first)."""
-    norms = [float(torch.linalg.vector_norm(trial.residual, ord=order)) for trial in trials]
-    allowance = EPSILON_ALLOWANCE * float(torch.linalg.vector_norm(theta_hat, ord=order))
+def choose_multipliers(trials: list[Trial], theta_hat_norm: float) -> Trial:
+    """The trial with the smallest residual, ties broken as the module docstring says (trials come
+    least refined first); ``theta_hat_norm`` is ‖θ̂‖ in the problem's norm."""
+    norms = [trial.residual_norm for trial in trials]
+    allowance = EPSILON_ALLOWANCE * theta_hat_norm
     eligible = [trial for trial, value in zip(trials, norms) if value <= min(norms) + allowance]
     least = min(trial.complementarity for trial in eligible)
     tie = DELTA_TIE * (1.0 + max(float(trial.multipliers.sum()) for trial in eligible))
