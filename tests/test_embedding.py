@@ -145,7 +145,8 @@ def test_composition_equals_sequential_application():
     second = Embedding(adapter, first.wide_config, [UnitSplit("0", 4, 5, (0.5, 0.5), (0.5**0.5,) * 2, (0.5**0.5,) * 2, "isometric")])
     composed = first.then(second)
     direct = second.apply(first.apply(theta))
-    assert all(torch.equal(composed.apply(theta)[key], direct[key]) for key in theta)
+    # the composition multiplies the factors of a copy of a copy once: equal up to one rounding
+    assert all(torch.allclose(composed.apply(theta)[key], direct[key], rtol=1e-15, atol=0) for key in theta)
     assert composed.wide_config["widths"] == [3, 6, 2, 1]
 
 
