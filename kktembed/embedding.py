@@ -233,7 +233,8 @@ def apply_unit_map(params: dict[str, torch.Tensor], unit_layer: UnitLayer, unit_
     for unit_slice, direction in _directions(unit_layer):
         source, scale = unit_map.scales(direction)
         blocks = _blocks(params[unit_slice.param], unit_slice, unit_map.narrow_width)
-        params[unit_slice.param] = _unblocks(blocks[source] * scale.reshape(-1, *([1] * (blocks.ndim - 1))), unit_slice)
+        copies = blocks.index_select(0, source).mul_(scale.reshape(-1, *([1] * (blocks.ndim - 1))))
+        params[unit_slice.param] = _unblocks(copies, unit_slice)
     return params
 
 

@@ -48,11 +48,13 @@ from kktembed.embedding import (
     widths_of,
 )
 from kktembed.errors import ArchitectureError, InputError, UsageError
-from kktembed.network import Network, flatten_params
+from kktembed.network import Network
 
 DEFAULT_TOL = 1e-10
 PROFILE_TOLERANCES = tuple(10.0**-exponent for exponent in range(12, 0, -1))  # 1e-12 … 1e-1
-PROBES = 4  # random unit directions that pre-filter candidate pairs
+PROBES = 8  # random unit directions that pre-filter candidate pairs
+GRAM_SPREAD = 1.0  # above tol·√d = GRAM_SPREAD, loose blocks are compared by their Gram matrix
+CHUNK = 512  # rows compared at a time (bounds the temporaries to CHUNK × d)
 SHARE_TOL = 1e-9  # shares c² of copies that must add up when copies are assigned
 
 
@@ -69,62 +71,105 @@ def first_member_order(labels: np.ndarray) -> np.ndarray:
     return rank[labels]
 
 
-def direction_components(vectors: np.ndarray, tol: float, seed: int = 0) -> np.ndarray:
+def row_distances(vectors: torch.Tensor, norms: torch.Tensor, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """‖ŵ_a − ŵ_b‖ for the pairs (first[k], second[k]), from the differences (no cancellation),
+    CHUNK pairs at a time."""
+    distances = np.empty(len(first))
+    for start in range(0, len(first), CHUNK):
+        a = torch.from_numpy(first[start : start + CHUNK])
+        b = torch.from_numpy(second[start : start + CHUNK])
+        difference = vectors.index_select(0, a) / norms[a, None] - vectors.index_select(0, b) / norms[b, None]
+        distances[start : start + CHUNK] = torch.linalg.vector_norm(difference, dim=1).numpy()
+    return distances
+
+
+def _gram_pairs(vectors: torch.Tensor, norms: torch.Tensor, members: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of ``members`` with ‖ŵ_a − ŵ_b‖² = 2 − 2⟨ŵ_a, ŵ_b⟩ ≤ tol², by blocks of the Gram
+    matrix. Used only where tol·√d > GRAM_SPREAD, so tol² ≫ the rounding of the inner products."""
+    index = torch.from_numpy(members)
+    directions = vectors.index_select(0, index) / norms[index, None]
+    first, second = [], []
+    for start in range(0, len(members), CHUNK):
+        gram = directions[start : start + CHUNK] @ directions.T
+        rows, columns = torch.nonzero(2.0 - 2.0 * gram <= tol * tol, as_tuple=True)
+        above = columns > rows + start
+        first.append(members[rows[above].numpy() + start])
+        second.append(members[columns[above].numpy()])
+    return np.concatenate(first), np.concatenate(second)
+
+
+def direction_components(vectors: torch.Tensor, tol: float, seed: int = 0) -> np.ndarray:
     """Labels (numbered by first member) of the single-linkage components of the row directions
     ŵ_i = w_i/‖w_i‖ at distance ‖ŵ_i − ŵ_k‖ ≤ tol; rows must be nonzero.
 
-    No pair loop: projections on PROBES random unit vectors g bound |⟨ŵ_i − ŵ_k, g⟩| ≤ ‖ŵ_i − ŵ_k‖,
-    so rows sorted by the first projection split into blocks at gaps > tol that no component
-    crosses. A block whose members all lie within tol/2 of its first member is one component; in
-    the other blocks only pairs within tol in every projection are measured in full."""
+    No loop over pairs: projections on PROBES random unit vectors g bound |⟨ŵ_i − ŵ_k, g⟩| ≤
+    ‖ŵ_i − ŵ_k‖, so rows sorted by the first projection split into blocks at gaps > tol that no
+    component crosses. A block whose members all lie within tol/2 of its first member is one
+    component. In the other blocks, pairs within tol in every projection are measured in full
+    (offset by offset in the sorted order); where tol·√d > GRAM_SPREAD the projections of random
+    directions no longer separate, and the block is compared by its Gram matrix instead."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = vectors.shape[0]
+    n, dimension = vectors.shape
     if n == 1:
         return np.zeros(1, dtype=np.int64)
-    directions = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    probes = np.random.default_rng(seed).standard_normal((vectors.shape[1], PROBES))
-    probes /= np.linalg.norm(probes, axis=0)
-    keys = directions @ probes
+    norms = torch.linalg.vector_norm(vectors, dim=1)
+    probes = torch.randn((dimension, PROBES), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    probes /= torch.linalg.vector_norm(probes, dim=0)
+    keys = ((vectors @ probes) / norms[:, None]).numpy()
     order = np.argsort(keys[:, 0], kind="stable")
     keys = keys[order]
     starts_block = np.ones(n, dtype=bool)
     starts_block[1:] = np.diff(keys[:, 0]) > tol
     block = np.cumsum(starts_block) - 1
     starts = np.flatnonzero(starts_block)
-    sizes = np.diff(np.append(starts, n))
-    shared = np.flatnonzero(sizes[block] > 1)  # sorted positions in blocks of two or more
+    ends = np.append(starts[1:], n)
+    shared = np.flatnonzero((ends - starts)[block] > 1)  # sorted positions in blocks of two or more
     leaders = starts[block[shared]]
     spread = np.zeros(starts.size)
-    np.maximum.at(spread, block[shared], np.linalg.norm(directions[order[shared]] - directions[order[leaders]], axis=1))
+    np.maximum.at(spread, block[shared], row_distances(vectors, norms, order[shared], order[leaders]))
     tight = spread <= tol / 2
     in_tight = tight[block[shared]]
     first, second = [order[shared[in_tight]]], [order[leaders[in_tight]]]
-    active = shared[~in_tight]
-    offset = 1
-    while active.size:
-        partner = active + offset
-        inside = partner < n
-        active, partner = active[inside], partner[inside]
-        inside = (block[partner] == block[active]) & (keys[partner, 0] - keys[active, 0] <= tol)
-        active, partner = active[inside], partner[inside]
-        near = np.all(np.abs(keys[partner] - keys[active]) <= tol, axis=1)
-        a, b = order[active[near]], order[partner[near]]
-        close = np.linalg.norm(directions[a] - directions[b], axis=1) <= tol
-        first.append(a[close])
-        second.append(b[close])
-        offset += 1
+    loose = np.flatnonzero(~tight & (ends - starts > 1))
+    if tol * math.sqrt(dimension) > GRAM_SPREAD:
+        for index in loose:
+            pairs = _gram_pairs(vectors, norms, order[starts[index] : ends[index]], tol)
+            first.append(pairs[0])
+            second.append(pairs[1])
+    else:
+        active = shared[~in_tight]
+        offset = 1
+        while active.size:
+            partner = active + offset
+            inside = partner < n
+            active, partner = active[inside], partner[inside]
+            inside = (block[partner] == block[active]) & (keys[partner, 0] - keys[active, 0] <= tol)
+            active, partner = active[inside], partner[inside]
+            near = np.all(np.abs(keys[partner] - keys[active]) <= tol, axis=1)
+            a, b = order[active[near]], order[partner[near]]
+            close = row_distances(vectors, norms, a, b) <= tol
+            first.append(a[close])
+            second.append(b[close])
+            offset += 1
     rows, columns = np.concatenate(first), np.concatenate(second)
     graph = coo_matrix((np.ones(rows.size), (rows, columns)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return first_member_order(labels)
 
 
-def _unit_matrix(params: dict[str, torch.Tensor], unit_layer: UnitLayer, width: int, direction: str) -> np.ndarray:
-    """Row i: every slice of ``direction`` of unit i, flattened (u_i or v_i)."""
-    blocks = unit_blocks(params, unit_layer, width, direction)
-    return torch.cat([block.reshape(width, -1) for block in blocks], dim=1).numpy()
+def unit_rows(params: dict[str, torch.Tensor], unit_layer: UnitLayer, width: int) -> tuple[torch.Tensor, int]:
+    """Row i is w_i = (u_i, v_i): every incoming, then every outgoing slice of unit i, flattened,
+    copied once into one contiguous matrix; and the number of columns of u_i."""
+    parts = [block.reshape(width, -1) for direction in ("incoming", "outgoing") for block in unit_blocks(params, unit_layer, width, direction)]
+    rows = torch.empty((width, sum(part.shape[1] for part in parts)), dtype=torch.float64)
+    column = 0
+    incoming_columns = sum(part.shape[1] for part in parts[: len(unit_layer.incoming)])
+    for part in parts:
+        rows[:, column : column + part.shape[1]].copy_(part)
+        column += part.shape[1]
+    return rows, incoming_columns
 
 
 @dataclass
@@ -144,7 +189,7 @@ class LayerMerge:
 
     def unit_map(self, layer: str, factors: str) -> UnitMap:
         chosen = {"fold": (self.fold, self.fold), "record": (self.incoming, self.outgoing)}[factors]
-        return UnitMap(layer, self.width, tuple(int(v) for v in self.labels), tuple(chosen[0].tolist()), tuple(chosen[1].tolist()))
+        return UnitMap(layer, self.width, tuple(self.labels.tolist()), tuple(chosen[0].tolist()), tuple(chosen[1].tolist()))
 
 
 def _group_norm_shares(labels: np.ndarray, norms: np.ndarray) -> np.ndarray:
@@ -163,47 +208,56 @@ def _group_norm_shares(labels: np.ndarray, norms: np.ndarray) -> np.ndarray:
     return shares
 
 
-def isometric_merge(incoming: np.ndarray, outgoing: np.ndarray, tol: float) -> LayerMerge:
-    """Group units by the direction of (u_i, v_i); zero units (‖w_i‖ ≤ tol·max‖w_k‖) are share-0
-    copies of the largest unit. Fold and record with c_i = ‖w_i‖/(Σ_k ‖w_k‖²)^½ (MATH.md §4)."""
-    vectors = np.concatenate([incoming, outgoing], axis=1)
-    norms = np.linalg.norm(vectors, axis=1)
+def _components_of_nonzero(vectors: torch.Tensor, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels of the rows that are not zero, or -1; which rows are not zero; the row norms).
+    A row is zero when ‖w_i‖ ≤ tol·max_k ‖w_k‖."""
+    norms = torch.linalg.vector_norm(vectors, dim=1).numpy()
     largest = float(norms.max())
     nonzero = norms > tol * largest if largest > 0 else np.zeros(norms.size, dtype=bool)
+    labels = np.full(norms.size, -1, dtype=np.int64)
+    if nonzero.all():
+        labels = direction_components(vectors, tol)
+    elif nonzero.any():
+        labels[nonzero] = direction_components(vectors.index_select(0, torch.from_numpy(np.flatnonzero(nonzero))), tol)
+    return labels, nonzero, norms
+
+
+def isometric_merge(rows: torch.Tensor, incoming_columns: int, tol: float) -> LayerMerge:
+    """Group units by the direction of w_i = (u_i, v_i); zero units (‖w_i‖ ≤ tol·max‖w_k‖) are
+    share-0 copies of the largest unit. Fold and record with c_i = ‖w_i‖/(Σ_k ‖w_k‖²)^½ (MATH.md §4)."""
+    labels, nonzero, norms = _components_of_nonzero(rows, tol)
     if nonzero.any():
-        labels = np.empty(norms.size, dtype=np.int64)
-        labels[nonzero] = direction_components(vectors[nonzero], tol)
         labels[~nonzero] = labels[int(np.argmax(norms))]
     else:
-        labels = np.zeros(norms.size, dtype=np.int64)
+        labels[:] = 0
     shares = _group_norm_shares(labels, np.where(nonzero, norms, 0.0))
     return LayerMerge(labels, shares, shares, shares, True)
 
 
-def incoming_merge(incoming: np.ndarray, outgoing: np.ndarray, tol: float) -> LayerMerge:
+def incoming_merge(rows: torch.Tensor, incoming_columns: int, tol: float) -> LayerMerge:
     """Group units by the direction of u_i alone (units with u_i = 0 stay alone): the
     function-preserving merge. Fold with f_i = a_i/s (a_i = ‖u_i‖, s = (Σ a_k²)^½) on both sides;
     record incoming f_i and outgoing g_i = ⟨v_i, v⟩/‖v‖² for the merged v = Σ f_i v_i."""
-    norms = np.linalg.norm(incoming, axis=1)
-    largest = float(norms.max())
-    nonzero = norms > tol * largest if largest > 0 else np.zeros(norms.size, dtype=bool)
-    labels = np.empty(norms.size, dtype=np.int64)
-    count = 0
-    if nonzero.any():
-        labels[nonzero] = direction_components(incoming[nonzero], tol)
-        count = int(labels[nonzero].max()) + 1
+    incoming, outgoing = rows[:, :incoming_columns], rows[:, incoming_columns:]
+    labels, nonzero, norms = _components_of_nonzero(incoming.contiguous(), tol)
+    count = int(labels.max()) + 1
     labels[~nonzero] = count + np.arange(int((~nonzero).sum()))
     labels = first_member_order(labels)
     fold = _group_norm_shares(labels, np.where(nonzero, norms, 0.0))
+    index = torch.from_numpy(labels)
     merged = torch.zeros((int(labels.max()) + 1, outgoing.shape[1]), dtype=torch.float64)
-    merged.index_add_(0, torch.from_numpy(labels), torch.from_numpy(fold[:, None] * outgoing))
-    mine = merged.numpy()[labels]
-    squared = np.einsum("ij,ij->i", mine, mine)
+    merged.index_add_(0, index, outgoing * torch.from_numpy(fold)[:, None])
+    mine = merged.index_select(0, index)
+    squared = (mine * mine).sum(dim=1).numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        fitted = np.where(squared > 0, np.einsum("ij,ij->i", outgoing, mine) / squared, 0.0)
-    alone = np.bincount(labels)[labels] == 1
-    fitted[alone] = 1.0
+        fitted = np.where(squared > 0, (outgoing * mine).sum(dim=1).numpy() / squared, 0.0)
+    fitted[np.bincount(labels)[labels] == 1] = 1.0
     return LayerMerge(labels, fold, fold, fitted, False)
+
+
+def parameter_norm(params: dict[str, torch.Tensor]) -> float:
+    """‖θ‖₂ over all tensors, without concatenating them."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(value)) ** 2 for value in params.values()))
 
 
 # -- the fixed point over layers ---------------------------------------------------------------
@@ -271,9 +325,7 @@ def reduce_layers(network: Network, tol: float, layers: list[str] | None = None,
             merges = [isometric_merge] + ([incoming_merge] if allow_non_isometric else [])
             for merge_function in merges:
                 unit_layer = next(u for u in adapter.units(config) if u.name == name)
-                incoming = _unit_matrix(params, unit_layer, unit_layer.width, "incoming")
-                outgoing = _unit_matrix(params, unit_layer, unit_layer.width, "outgoing")
-                merge = merge_function(incoming, outgoing, tol)
+                merge = merge_function(*unit_rows(params, unit_layer, unit_layer.width), tol)
                 if merge.width == unit_layer.width:
                     continue
                 params = adjoint_unit_map(params, unit_layer, merge.unit_map(name, "fold"))
@@ -295,9 +347,7 @@ def function_preserving_candidates(reduction: Reduction, adapter: Adapter, tol: 
     for unit_layer in adapter.units(reduction.config):
         if unit_layer.name not in reduction.layers:
             continue
-        incoming = _unit_matrix(reduction.params, unit_layer, unit_layer.width, "incoming")
-        outgoing = _unit_matrix(reduction.params, unit_layer, unit_layer.width, "outgoing")
-        merge = incoming_merge(incoming, outgoing, tol)
+        merge = incoming_merge(*unit_rows(reduction.params, unit_layer, unit_layer.width), tol)
         groups = [group for group in merge.unit_map(unit_layer.name, "record").groups() if len(group) > 1]
         found[unit_layer.name] = _wide_groups(reduction.maps.get(unit_layer.name), groups)
     return found
@@ -405,8 +455,8 @@ def reduce_network(
     embedding = Embedding(adapter, reduction.config, layer_maps=maps, origin=("reduce",))
     narrow = Network(adapter, reduction.config, reduction.params)
     mapped = embedding.apply(narrow.params)
-    absolute = float(flatten_params({key: wide.params[key] - mapped[key] for key in wide.params}).norm())
-    norm_wide = wide.norm()
+    absolute = parameter_norm({key: wide.params[key] - mapped[key] for key in wide.params})
+    norm_wide = parameter_norm(wide.params)
     candidates = {} if allow_non_isometric else function_preserving_candidates(reduction, adapter, tol)
     before, after = widths_of(adapter, wide.config), widths_of(adapter, reduction.config)
     layer_results = []
@@ -429,7 +479,7 @@ def reduce_network(
         coefficient_isometry_error=embedding.isometry_error,
         isometric=not any(reduction.non_isometric_groups.values()),
         norm_wide=norm_wide,
-        norm_narrow=narrow.norm(),
+        norm_narrow=parameter_norm(narrow.params),
         profile=tolerance_profile(wide, profile, layers, allow_non_isometric) if profile else [],
     )
 
@@ -464,9 +514,9 @@ def write_reduced_checkpoint(result: ReduceResult, output: str | Path, force: bo
 def _matching_keys(params: dict[str, torch.Tensor], unit_layer: UnitLayer) -> np.ndarray:
     """Row i: u_i as it is (its input axes are already matched), then the entries of v_i sorted,
     which no permutation of the next layer's units changes."""
-    incoming = _unit_matrix(params, unit_layer, unit_layer.width, "incoming")
-    outgoing = np.sort(_unit_matrix(params, unit_layer, unit_layer.width, "outgoing"), axis=1)
-    return np.concatenate([incoming, outgoing], axis=1)
+    rows, incoming_columns = unit_rows(params, unit_layer, unit_layer.width)
+    rows[:, incoming_columns:] = rows[:, incoming_columns:].sort(dim=1).values
+    return rows.numpy()
 
 
 HUNGARIAN_LIMIT = 1000  # units left unpaired by sorting that are matched by linear_sum_assignment
@@ -561,7 +611,7 @@ def _matched_layer_map(layer: str, narrow_map: UnitMap, wide_map: UnitMap, permu
                     factors[wide_unit] = 1.0 if j not in first_of_zero else 0.0
             if narrow_map.incoming[j] == 0:
                 first_of_zero.add(j)
-    return UnitMap(layer, narrow_map.narrow_width, tuple(source), tuple(incoming), tuple(outgoing))
+    return UnitMap(layer, narrow_map.wide_width, tuple(source), tuple(incoming), tuple(outgoing))
 
 
 def match_embedding(narrow: Network, wide: Network, tol: float = DEFAULT_TOL) -> Embedding:
