@@ -558,7 +558,8 @@ class EmbeddingRecord:
     to this file is the composition of the later stages.
 
     ``embeds_into`` (version 2): maps from *this* file into others, as ``reduce`` writes them into the
-    narrow file it produces: ``target_sha256``, ``target_name``, ``target_config``, ``maps``, ``origin``.
+    narrow file it produces: ``target_sha256``, ``target_name``, ``target_config``, ``maps``, ``origin``
+    and the ``tol`` the units were grouped at.
 
     A record of split stages only is written as version 1, exactly as before version 2 existed.
     """
@@ -608,6 +609,9 @@ class EmbeddingRecord:
                 _object(entry, "target_config", where)
                 if "target_name" in entry:
                     _text(entry, "target_name", where)
+                tol = entry.get("tol", 0.0)
+                if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+                    raise _malformed(f"{where}.tol", f"is {tol!r}, not a finite number ≥ 0")
                 _validate_maps(entry, where)
         return cls(stages, embeds_into)
 

@@ -187,9 +187,13 @@ class LayerMerge:
     def width(self) -> int:
         return int(self.labels.max()) + 1
 
-    def unit_map(self, layer: str, factors: str) -> UnitMap:
-        chosen = {"fold": (self.fold, self.fold), "record": (self.incoming, self.outgoing)}[factors]
-        return UnitMap(layer, self.width, tuple(self.labels.tolist()), tuple(chosen[0].tolist()), tuple(chosen[1].tolist()))
+    def fold_map(self, layer: str) -> UnitMap:
+        """The map whose adjoint performs the merge."""
+        return UnitMap(layer, self.width, tuple(self.labels.tolist()), tuple(self.fold.tolist()), tuple(self.fold.tolist()))
+
+    def recorded_map(self, layer: str) -> UnitMap:
+        """T on this layer: merged unit → the units it came from."""
+        return UnitMap(layer, self.width, tuple(self.labels.tolist()), tuple(self.incoming.tolist()), tuple(self.outgoing.tolist()))
 
 
 def _group_norm_shares(labels: np.ndarray, norms: np.ndarray) -> np.ndarray:
@@ -328,8 +332,8 @@ def reduce_layers(network: Network, tol: float, layers: list[str] | None = None,
                 merge = merge_function(*unit_rows(params, unit_layer, unit_layer.width), tol)
                 if merge.width == unit_layer.width:
                     continue
-                params = adjoint_unit_map(params, unit_layer, merge.unit_map(name, "fold"))
-                step = merge.unit_map(name, "record")
+                params = adjoint_unit_map(params, unit_layer, merge.fold_map(name))
+                step = merge.recorded_map(name)
                 if not merge.isometric:
                     groups = [group for group in step.groups() if len(group) > 1]
                     non_isometric[name] += _wide_groups(maps.get(name), groups)
@@ -348,7 +352,7 @@ def function_preserving_candidates(reduction: Reduction, adapter: Adapter, tol: 
         if unit_layer.name not in reduction.layers:
             continue
         merge = incoming_merge(*unit_rows(reduction.params, unit_layer, unit_layer.width), tol)
-        groups = [group for group in merge.unit_map(unit_layer.name, "record").groups() if len(group) > 1]
+        groups = [group for group in merge.recorded_map(unit_layer.name).groups() if len(group) > 1]
         found[unit_layer.name] = _wide_groups(reduction.maps.get(unit_layer.name), groups)
     return found
 
@@ -405,6 +409,10 @@ class ReduceResult:
     norm_wide: float
     norm_narrow: float
     profile: list[dict[str, Any]] = field(default_factory=list)
+
+    def output_error(self, x: torch.Tensor) -> float:
+        """max_x |Φ̃(θ̃; x) − Φ(θ; x)| on the inputs ``x``."""
+        return float((self.wide.forward(x) - self.narrow.forward(x)).abs().max())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -600,17 +608,16 @@ def _matched_layer_map(layer: str, narrow_map: UnitMap, wide_map: UnitMap, permu
             shares = [narrow_map.incoming[j] * narrow_map.outgoing[j] for j in members]
             found = assign_copies(shares, [wide_map.incoming[u] * wide_map.outgoing[u] for u in copies])
             targets = found if found is not None else [int(np.argmax(shares))] * len(copies)
-        first_of_zero = set()
+        taken = set()
         for wide_unit, target in zip(copies, targets):
             j = members[target]
             source[wide_unit] = j
-            for factors, wide_factors, narrow_factors in ((incoming, wide_map.incoming, narrow_map.incoming), (outgoing, wide_map.outgoing, narrow_map.outgoing)):
-                if narrow_factors[j] != 0:
-                    factors[wide_unit] = wide_factors[wide_unit] / narrow_factors[j]
-                else:  # a zero narrow copy: one zero wide copy takes it whole
-                    factors[wide_unit] = 1.0 if j not in first_of_zero else 0.0
-            if narrow_map.incoming[j] == 0:
-                first_of_zero.add(j)
+            if narrow_map.incoming[j] == 0 or narrow_map.outgoing[j] == 0:  # a share-0 narrow copy: its first (share-0) wide copy takes it whole
+                incoming[wide_unit] = outgoing[wide_unit] = 0.0 if j in taken else 1.0
+                taken.add(j)
+            else:
+                incoming[wide_unit] = wide_map.incoming[wide_unit] / narrow_map.incoming[j]
+                outgoing[wide_unit] = wide_map.outgoing[wide_unit] / narrow_map.outgoing[j]
     return UnitMap(layer, narrow_map.wide_width, tuple(source), tuple(incoming), tuple(outgoing))
 
 
