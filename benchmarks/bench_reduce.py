@@ -3,7 +3,8 @@
 Setting: a random narrow ReLU MLP 64-1024-1024-1 whose every hidden unit is split into 4 copies with
 random shares (one share 0 in every 8th unit), then the units of both hidden layers are permuted:
 a plain MLP 64-4096-4096-1 (p = 16.9 M) with 1,024 groups per layer. Timed, each best of
-``--repeat``: the wide network's reduction at the default tolerance (no profile), the tolerance
+``--repeat``: gathering and grouping the units of the first hidden layer alone, the wide network's
+reduction at the default tolerance (all of it: sweeps, merges, ‖θ̃ − Tθ‖; no profile), the tolerance
 profile over the ladder 1e-12 … 1e-1, matching (``embed``'s T without a record), and, as a simple
 reference for the machine's speed, one product W₂ W₂ᵀ of the 4096×4096 layer (n² d flops, what a
 pairwise comparison of the units would cost at least).
@@ -66,7 +67,7 @@ def main() -> None:
 
     import torch
 
-    from kktembed.reduce import match_embedding, reduce_network, tolerance_profile
+    from kktembed.reduce import isometric_merge, match_embedding, reduce_network, tolerance_profile, unit_rows
 
     torch.set_num_threads(2)
     narrow, wide = wide_network(args.narrow_width, args.copies)
@@ -75,18 +76,23 @@ def main() -> None:
     reduce_network(wide, profile=None)  # imports (scipy) and first-touch allocations
     weight = wide.params["2.weight"]
     reference, _ = best_of(args.repeat, lambda: weight @ weight.T)
+    first_layer = wide.adapter.units(wide.config)[0]
+    rows_seconds, (rows, incoming_columns) = best_of(args.repeat, lambda: unit_rows(wide.params, first_layer, first_layer.width))
+    grouping_seconds, _ = best_of(args.repeat, lambda: isometric_merge(rows, incoming_columns, 1e-10))
     seconds, result = best_of(args.repeat, lambda: reduce_network(wide, profile=None))
     profile_seconds, profile = best_of(1, lambda: tolerance_profile(wide))
     match_seconds, embedding = best_of(1, lambda: match_embedding(narrow, wide))
     mapped = embedding.apply(narrow.params)
     match_error = math.sqrt(sum(float(((wide.params[key] - mapped[key]) ** 2).sum()) for key in mapped)) / wide.norm()
-    rows = [
+    table = [
+        ("layer 0: gather the 4096 × 4160 unit rows", rows_seconds),
+        ("layer 0: group its 4096 units (tol 1e-10)", grouping_seconds),
         ("reduce, default tol (1e-10), no profile", seconds),
         ("tolerance profile, 12 tolerances", profile_seconds),
         ("match NARROW to WIDE (embed without a record)", match_seconds),
         ("reference: W₂W₂ᵀ, 4096×4096 @ 4096×4096", reference),
     ]
-    for label, value in rows:
+    for label, value in table:
         print(f"  {label:<48} {value:8.3f} s   {value / reference:6.2f} × reference")
     print(f"  widths {result.to_dict()['widths_before']} → {result.to_dict()['widths_after']}, rounds {result.rounds}")
     print(f"  merge error ‖θ̃ − Tθ‖/‖θ̃‖ {result.merge_error:.2e}, max|Σc²−1| {result.coefficient_isometry_error:.2e}, isometric {result.isometric}")

@@ -52,7 +52,7 @@ from kktembed.network import Network
 
 DEFAULT_TOL = 1e-10
 PROFILE_TOLERANCES = tuple(10.0**-exponent for exponent in range(12, 0, -1))  # 1e-12 … 1e-1
-PROBES = 8  # random unit directions that pre-filter candidate pairs
+PROBES = 32  # random unit directions that pre-filter candidate pairs
 GRAM_SPREAD = 1.0  # above tol·√d = GRAM_SPREAD, loose blocks are compared by their Gram matrix
 CHUNK = 512  # rows compared at a time (bounds the temporaries to CHUNK × d)
 SHARE_TOL = 1e-9  # shares c² of copies that must add up when copies are assigned
@@ -105,13 +105,18 @@ def direction_components(vectors: torch.Tensor, tol: float, seed: int = 0) -> np
     No loop over pairs: projections on PROBES random unit vectors g bound |⟨ŵ_i − ŵ_k, g⟩| ≤
     ‖ŵ_i − ŵ_k‖, so rows sorted by the first projection split into blocks at gaps > tol that no
     component crosses. A block whose members all lie within tol/2 of its first member is one
-    component. In the other blocks, pairs within tol in every projection are measured in full
-    (offset by offset in the sorted order); where tol·√d > GRAM_SPREAD the projections of random
+    component. In the other blocks, pairs within tol in every projection and not yet connected are
+    measured in full (offset by offset in the sorted order); where tol·√d > GRAM_SPREAD the projections of random
     directions no longer separate, and the block is compared by its Gram matrix instead."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n, dimension = vectors.shape
+
+    def components(first: list[np.ndarray], second: list[np.ndarray]) -> np.ndarray:
+        rows, columns = np.concatenate(first), np.concatenate(second)
+        return connected_components(coo_matrix((np.ones(rows.size), (rows, columns)), shape=(n, n)), directed=False)[1]
+
     if n == 1:
         return np.zeros(1, dtype=np.int64)
     norms = torch.linalg.vector_norm(vectors, dim=1)
@@ -139,6 +144,7 @@ def direction_components(vectors: torch.Tensor, tol: float, seed: int = 0) -> np
             first.append(pairs[0])
             second.append(pairs[1])
     else:
+        labels = components(first, second)
         active = shared[~in_tight]
         offset = 1
         while active.size:
@@ -147,16 +153,19 @@ def direction_components(vectors: torch.Tensor, tol: float, seed: int = 0) -> np
             active, partner = active[inside], partner[inside]
             inside = (block[partner] == block[active]) & (keys[partner, 0] - keys[active, 0] <= tol)
             active, partner = active[inside], partner[inside]
-            near = np.all(np.abs(keys[partner] - keys[active]) <= tol, axis=1)
-            a, b = order[active[near]], order[partner[near]]
+            near = np.all(np.abs(keys[partner, 1:4] - keys[active, 1:4]) <= tol, axis=1)  # a few probes first,
+            a, b = active[near], partner[near]
+            near = np.all(np.abs(keys[b, 4:] - keys[a, 4:]) <= tol, axis=1)  # then the others on what is left
+            a, b = order[a[near]], order[b[near]]
+            apart = labels[a] != labels[b]  # pairs already connected need no measuring
+            a, b = a[apart], b[apart]
             close = row_distances(vectors, norms, a, b) <= tol
-            first.append(a[close])
-            second.append(b[close])
+            if close.any():
+                first.append(a[close])
+                second.append(b[close])
+                labels = components(first, second)
             offset += 1
-    rows, columns = np.concatenate(first), np.concatenate(second)
-    graph = coo_matrix((np.ones(rows.size), (rows, columns)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return first_member_order(labels)
+    return first_member_order(components(first, second))
 
 
 def unit_rows(params: dict[str, torch.Tensor], unit_layer: UnitLayer, width: int) -> tuple[torch.Tensor, int]:

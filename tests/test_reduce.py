@@ -83,6 +83,7 @@ def check_reduce_recovers_narrow(adapter, config, data, seed):
     assert result.norm_narrow == pytest.approx(narrow.norm(), rel=1e-13)
     x = random_inputs(narrow, 5, seed=seed)
     assert torch.allclose(result.narrow.forward(x), narrow.forward(x), rtol=1e-11, atol=1e-12)
+    assert result.output_error(x) <= 1e-11 * float(wide.forward(x).abs().max() + 1)
     # θ̃ = Tθ with an isometric T, to rounding
     assert result.merge_error <= 1e-14 and result.coefficient_isometry_error <= 1e-14 and result.isometric
     assert relative_difference(wide.params, result.embedding.apply(result.narrow.params)) <= 1e-14
@@ -294,6 +295,20 @@ def test_matching_assigns_copies_of_a_narrow_network_that_has_copies():
     found = match_embedding(narrow, wide)
     assert relative_difference(wide.params, found.apply(narrow.params)) <= 1e-14
     assert found.isometry_error <= 1e-14
+
+
+def test_a_network_with_a_dead_unit_embeds_into_itself():
+    """A unit with u = v = 0 is a share-0 copy: reduce removes it, matching maps it onto itself."""
+    adapter = adapters()["mlp"]
+    config = {"widths": [3, 4, 2], "activation": "relu", "first_layer_bias": False}
+    params = random_params(adapter, config, 2)
+    params["0.weight"][1] = 0.0
+    params["2.weight"][:, 1] = 0.0
+    network = Network(adapter, config, params)
+    result = reduce_network(network, profile=None)
+    assert result.layers[0].width_after == 3 and result.layers[0].zero_copies == 1 and result.merge_error == 0.0
+    found = match_embedding(network, network)
+    assert found.unit_maps == () and found.isometry_error == 0.0
 
 
 def plain_permuted_split(tmp_path, seed=0):
