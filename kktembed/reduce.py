@@ -521,6 +521,8 @@ def write_reduced_checkpoint(result: ReduceResult, output: str | Path, force: bo
     from kktembed.checkpoint import save_checkpoint
     from kktembed.splitting import relocated_data_reference
 
+    if result.wide.path is not None and Path(output).resolve() == Path(result.wide.path).resolve():
+        raise UsageError(f"{output} is the input WIDE; reduce never overwrites it", hint="choose another output path")
     reference = relocated_data_reference(result.wide.metadata, result.wide.path, Path(output)) if result.wide.path else {}
     return save_checkpoint(output, result.narrow, reduction_metadata(result, reference), force=force)
 

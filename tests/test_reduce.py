@@ -339,6 +339,8 @@ def test_embed_finds_T_by_matching_and_from_reduce_record(tmp_path):
     assert recorded.source == "narrow_record" and recorded.hash_matches is True and not recorded.found_by_matching
     assert relative_difference(wide.params, recorded.embedding.apply(reduced.params)) <= 1e-15
     assert json.loads(reduced.metadata[EMBEDDING_KEY])["version"] == 2
+    with pytest.raises(UsageError, match="never overwrites"):
+        write_reduced_checkpoint(result, tmp_path / "wide.safetensors", force=True)
 
 
 def test_unrelated_plain_files_are_refused(tmp_path):
