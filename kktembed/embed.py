@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 
 from kktembed.data import Dataset, validate_data
 from kktembed.embedding import Embedding, EmbeddingRecord, file_sha256, same_architecture

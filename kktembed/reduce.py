@@ -106,8 +106,9 @@ def direction_components(vectors: torch.Tensor, tol: float, seed: int = 0) -> np
     ‖ŵ_i − ŵ_k‖, so rows sorted by the first projection split into blocks at gaps > tol that no
     component crosses. A block whose members all lie within tol/2 of its first member is one
     component. In the other blocks, pairs within tol in every projection and not yet connected are
-    measured in full (offset by offset in the sorted order); where tol·√d > GRAM_SPREAD the projections of random
-    directions no longer separate, and the block is compared by its Gram matrix instead."""
+    measured in full (offset by offset in the sorted order); where tol·√d > GRAM_SPREAD the
+    projections of random directions no longer separate, and the block is compared by its Gram
+    matrix instead."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
