@@ -34,7 +34,7 @@ _LAZY = {
     "Dataset": "kktembed.data",
     "CheckOptions": "kktembed.kkt.analysis",
     "CheckResult": "kktembed.kkt.result",
-    "EmbedResult": "kktembed.embed",
+    "EmbedResult": "kktembed.comparison",
     "InspectResult": "kktembed.results",
     "SplitResult": "kktembed.results",
     "TraceReport": "kktembed.results",

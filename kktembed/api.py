@@ -253,7 +253,7 @@ def embed(
 ):
     """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
     NARROW's reference, else WIDE's."""
-    from kktembed.embed import embed_networks
+    from kktembed.comparison import embed_networks
     from kktembed.loading import load_network
 
     options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
@@ -302,7 +302,7 @@ def trace(
     at once, the series, both final checkpoints and, with ``save_every``, both networks every K
     steps; ``plot`` a PNG (inside ``out`` it is part of that set)."""
     from kktembed.dynamics import paired_training
-    from kktembed.embed import resolve_embedding
+    from kktembed.comparison import resolve_embedding
     from kktembed.loading import load_network
     from kktembed.outputs import guard_folder, guard_output
     from kktembed.results import TraceReport

@@ -1,6 +1,6 @@
 """Typed, immutable results of the library API (``kktembed.inspect``, ``split``, ``trace``,
 ``convert``); ``to_dict()`` gives exactly the ``--json`` object of the matching command.
-``check``'s result is ``kktembed.kkt.result.CheckResult``, ``embed``'s ``kktembed.embed.EmbedResult``."""
+``check``'s result is ``kktembed.kkt.result.CheckResult``, ``embed``'s ``kktembed.comparison.EmbedResult``."""
 
 from __future__ import annotations
 

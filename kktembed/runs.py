@@ -494,8 +494,23 @@ def _execute_on_dask(tasks: list[CheckTask], address: str):
         raise InputError(f"cannot reach the Dask scheduler at {address} ({exc})", hint="start one with `dask scheduler` and workers with `dask worker ADDRESS`")
     with client:
         futures = {client.submit(run_check_task, task, pure=False): task for task in tasks}
-        for future in as_completed(futures):
-            yield _row_of(future, futures[future])
+        resubmitted: set[str] = set()
+        pending = as_completed(futures)
+        for future in pending:
+            task = futures[future]
+            if future.status == "error" and _lost_worker(future) and task.checkpoint not in resubmitted:
+                # it may only have shared a worker with a task that killed it: one more try
+                resubmitted.add(task.checkpoint)
+                retry = client.submit(run_check_task, task, pure=False)
+                futures[retry] = task
+                pending.add(retry)
+                continue
+            yield _row_of(future, task)
+
+
+def _lost_worker(future) -> bool:
+    """Whether the future failed because its worker died (Dask's KilledWorker), not in the task."""
+    return type(future.exception()).__name__ == "KilledWorker"
 
 
 def _row_of(future, task: CheckTask) -> RunRow:

@@ -127,15 +127,17 @@ def test_split_never_overwrites(run_cli, fixtures_dir, tmp_path):
     assert target.read_bytes() != b"keep"
 
 
-def test_embed_rejects_unrelated_and_unrecorded_pairs(run_cli, fixtures_dir, tmp_path):
+def test_embed_rejects_unrelated_pairs(run_cli, fixtures_dir, tmp_path):
     split(run_cli, fixtures_dir / "mlp_gd_digits38.safetensors", tmp_path / "wide.safetensors", "--neuron", "1")
     assert_one_line_error(
         *run_cli("embed", fixtures_dir / "mlp_kkt_gaussians.safetensors", tmp_path / "wide.safetensors", "--data", fixtures_dir / "digits38.safetensors"),
         fragment="",
     )
     assert_one_line_error(
-        *run_cli("embed", fixtures_dir / "mlp_gd_digits38.safetensors", fixtures_dir / "mlp_gd_digits38.safetensors"), fragment="no embedding recorded"
+        *run_cli("embed", fixtures_dir / "mlp_gd_digits38.safetensors", fixtures_dir / "digits35_mlp_init.safetensors"), fragment="no embedding recorded"
     )
+    itself = embed(run_cli, fixtures_dir / "mlp_gd_digits38.safetensors", fixtures_dir / "mlp_gd_digits38.safetensors")
+    assert itself["found_by_matching"] is True and itself["verdict"] == "isometric_embedding"
     assert_one_line_error(
         *run_cli("embed", fixtures_dir / "cnn_digits38.safetensors", tmp_path / "wide.safetensors"), fragment="do not belong together"
     )

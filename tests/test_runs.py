@@ -171,7 +171,7 @@ def test_dask_failures_are_isolated(run_folder, tmp_path, monkeypatch):
     shutil.copytree(run_folder, folder)
     (folder / "weights_2.safetensors").write_bytes(b"\x00" * 40)
     save_file({"kill_switch.weight": torch.ones(1, 2)}, folder / "weights_5.safetensors", metadata={"step": "640"})
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}):
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             result = check_run([folder], data=folder / "train.safetensors", profile=False, scheduler=cluster.scheduler_address)
     errors = {os.path.basename(row.checkpoint): row.error for row in result.rows if row.failed}

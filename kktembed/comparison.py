@@ -7,21 +7,24 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 
 from kktembed.data import Dataset
+from kktembed.checkpoint import source_sha256
+from kktembed.embedding import Embedding, EmbeddingRecord, same_architecture
+from kktembed.errors import ArchitectureError, InputError, UsageError
 from kktembed.loading import validate_data
-from kktembed.embedding import EmbeddingRecord, file_sha256
-from kktembed.errors import ArchitectureError, InputError
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
 from kktembed.network import Network, flatten_params
+from kktembed.reduce import match_embedding
 
 
 @dataclass
 class EmbedResult:
     verdict: str
     kkt_preserved: bool | None
-    parent_hash_matches: bool
+    parent_hash_matches: bool | None
+    embedding_source: str
+    found_by_matching: bool
     n_splits: int
     strategies: list[str]
     embedding_error: float
@@ -54,28 +57,61 @@ class EmbedResult:
         return result
 
 
-def resolve_embedding(narrow: Network, wide: Network):
-    """T from NARROW to WIDE, rebuilt from WIDE's metadata. Raises a clear InputError when the
-    metadata is missing or NARROW is not an ancestor of WIDE."""
-    record = EmbeddingRecord.from_metadata(wide.metadata)
-    if record is None:
-        raise InputError(
-            f"{wide.path}: no embedding recorded (metadata kktembed.embedding is missing)",
-            hint="compare checkpoints written by `kktembed split` (or `trace`), or split NARROW again",
-        )
+@dataclass
+class ResolvedEmbedding:
+    """T from NARROW to WIDE and where it came from: ``source`` is "wide_record" (a stage of WIDE's
+    record starts at NARROW's architecture), "narrow_record" (NARROW's record maps into WIDE's
+    architecture, as ``reduce`` writes it) or "matched" (no record fits: found by matching units).
+    ``hash_matches``: the record names the other file by its sha256 (None when matched)."""
+
+    embedding: Embedding
+    source: str
+    hash_matches: bool | None
+
+    @property
+    def found_by_matching(self) -> bool:
+        return self.source == "matched"
+
+
+def find_embedding(narrow: Network, wide: Network, tol: float = 1e-10) -> ResolvedEmbedding:
+    """T from NARROW to WIDE: from a record whose file hash matches (WIDE's stages, then NARROW's
+    ``embeds_into``), else from a record whose architecture matches, else by matching units
+    (``reduce.match_embedding`` at ``tol``). Raises a clear InputError when nothing fits."""
     if narrow.adapter.name != wide.adapter.name:
         raise ArchitectureError(f"NARROW uses adapter {narrow.adapter.name!r}, WIDE {wide.adapter.name!r}: they do not belong together")
-    narrow_sha = file_sha256(narrow.path) if narrow.path else None
-    found = record.embedding_from(wide.adapter, narrow.config)
-    if found is None:
+    adapter = wide.adapter
+    wide_record = EmbeddingRecord.from_metadata(wide.metadata)
+    narrow_record = EmbeddingRecord.from_metadata(narrow.metadata)
+    narrow_sha = source_sha256(narrow.path) if narrow.path else None
+    wide_sha = source_sha256(wide.path) if wide.path else None
+    candidates = []
+    if wide_record is not None:
+        found = wide_record.embedding_from(adapter, narrow.config, narrow_sha, wide.config)
+        if found is not None:
+            candidates.append(ResolvedEmbedding(found[0], "wide_record", found[1]["parent_sha256"] == narrow_sha))
+    if narrow_record is not None:
+        found = narrow_record.embedding_into(adapter, narrow.config, wide.config, wide_sha)
+        if found is not None:
+            candidates.append(ResolvedEmbedding(found[0], "narrow_record", found[1]["target_sha256"] == wide_sha))
+    if candidates:
+        return next((candidate for candidate in candidates if candidate.hash_matches), candidates[0])
+    try:
+        embedding = match_embedding(narrow, wide, tol)
+    except (InputError, UsageError) as exc:
+        recorded = "no recorded embedding fits NARROW" if wide_record or narrow_record else "no embedding recorded"
         raise InputError(
-            f"{narrow.path} and {wide.path} do not belong together: no recorded split starts from NARROW's architecture",
+            f"{narrow.path} and {wide.path} do not belong together: {recorded}, and matching units found none ({exc.message})",
             hint="pass the checkpoint WIDE was split from (or one with the same architecture)",
-        )
-    embedding, stage = found
-    if embedding.wide_config != wide.config:
-        raise InputError(f"{wide.path}: the recorded embedding does not produce this file's architecture (corrupt metadata?)")
-    return embedding, stage["parent_sha256"] == narrow_sha
+        ) from exc
+    if not same_architecture(adapter, embedding.wide_config, wide.config):
+        raise InputError(f"{narrow.path} and {wide.path} do not belong together: matching units gives another architecture than WIDE's")
+    return ResolvedEmbedding(embedding, "matched", None)
+
+
+def resolve_embedding(narrow: Network, wide: Network, tol: float = 1e-10):
+    """(T, whether the record names NARROW's file) as ``find_embedding`` finds it."""
+    resolved = find_embedding(narrow, wide, tol)
+    return resolved.embedding, resolved.hash_matches
 
 
 def _difference(a: float | None, b: float | None) -> float | None:
@@ -94,7 +130,8 @@ def embed_networks(
     |δ̃ − δ| ≤ 1e-8·(1 + Σλ) and ‖λ̃ − λ‖ ≤ 1e-6·‖λ‖; the multipliers come from two independent
     solves, so their agreement is limited by solver accuracy, not by rounding."""
     step = on_step or (lambda message: None)
-    embedding, hash_matches = resolve_embedding(narrow, wide)
+    resolved = find_embedding(narrow, wide, tol)
+    embedding = resolved.embedding
     validate_data(narrow, dataset)
     validate_data(wide, dataset)
     mapped = embedding.apply(narrow.params)
@@ -129,9 +166,11 @@ def embed_networks(
     return EmbedResult(
         verdict=verdict,
         kkt_preserved=kkt_preserved,
-        parent_hash_matches=hash_matches,
+        parent_hash_matches=resolved.hash_matches,
+        embedding_source=resolved.source,
+        found_by_matching=resolved.found_by_matching,
         n_splits=len(embedding.splits),
-        strategies=sorted({split.strategy for split in embedding.splits}),
+        strategies=embedding.strategies,
         embedding_error=embedding_error,
         relative_embedding_error=relative_embedding_error,
         norm_narrow=narrow.norm(),
