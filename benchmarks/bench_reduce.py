@@ -67,7 +67,7 @@ def main() -> None:
 
     import torch
 
-    from kktembed.reduce import isometric_merge, match_embedding, reduce_network, tolerance_profile, unit_rows
+    from kktembed.reduction import isometric_merge, match_embedding, reduce_network, tolerance_profile, unit_rows
 
     torch.set_num_threads(2)
     narrow, wide = wide_network(args.narrow_width, args.copies)

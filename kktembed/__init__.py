@@ -6,7 +6,8 @@ The library API (documented in docs/api.md); every ``kktembed`` command is one o
     network = kktembed.load("model.safetensors")            # path, folder, nn.Module or state_dict
     result = kktembed.check(network, dataset="digits:3,8")  # or data="train.safetensors", or x=..., y=...
     result.verdict, result.relative_stationarity_residual, result.to_dict()
-    kktembed.split(...), kktembed.embed(...), kktembed.trace(...), kktembed.inspect(...), kktembed.convert(...)
+    kktembed.split(...), kktembed.embed(...), kktembed.trace(...), kktembed.reduce(...), kktembed.inspect(...),
+    kktembed.convert(...)
 
 Heavy dependencies (torch, cvxpy) load on first use, not on ``import kktembed``. For plugin
 authors: ``kktembed.hookimpl``, ``kktembed.adapters.base`` (Adapter, UnitLayer, UnitSlice),
@@ -29,6 +30,7 @@ _LAZY = {
     "embed": "kktembed.api",
     "trace": "kktembed.api",
     "convert": "kktembed.api",
+    "reduce": "kktembed.api",
     "ArchSpec": "kktembed.archspec",
     "Network": "kktembed.network",
     "Dataset": "kktembed.data",
@@ -39,6 +41,7 @@ _LAZY = {
     "SplitResult": "kktembed.results",
     "TraceReport": "kktembed.results",
     "ConvertResult": "kktembed.results",
+    "ReduceReport": "kktembed.results",
     "SplitPlan": "kktembed.splitting",
     "KktembedError": "kktembed.errors",
 }

@@ -406,6 +406,62 @@ def _trace_into_folder(network, embedding, dataset_object, trace_options, wide_n
     return result, [str(out / path.name) for path in written], plot_path
 
 
+@_command
+def reduce(
+    source: Any,
+    output: str | os.PathLike | None = None,
+    *,
+    tol: float = 1e-10,
+    layer: list[str] | str | None = None,
+    allow_non_isometric: bool = False,
+    profile: bool = True,
+    arch: Any = None,
+    data: Any = None,
+    dataset: str | None = None,
+    x: Any = None,
+    y: Any = None,
+    force: bool = False,
+    solver: str = "auto",
+):
+    """The narrowest network that WIDE (``source``) embeds (``kktembed reduce``): units whose
+    (incoming, outgoing) parameters are positive multiples of one direction, within the relative
+    tolerance ``tol``, are merged (docs/reduce.md). With ``output`` the narrow checkpoint is written
+    with its map into WIDE, so that ``embed NARROW WIDE`` verifies it. With data (given, or WIDE's
+    reference), the output error and the KKT check of both sides are reported."""
+    from kktembed.kkt.analysis import check_network
+    from kktembed.loading import data_reference
+    from kktembed.outputs import guard_output
+    from kktembed.reduction import PROFILE_TOLERANCES, reduce_network, write_reduced_checkpoint
+    from kktembed.results import ReduceReport
+
+    _require_tolerance(tol, "tol")
+    check_options = check_options_from({"profile": False, "solver": solver})
+    data = _data(data, x, y, None)
+    if output is not None:
+        guard_output(output, force, inputs=[source, data])
+    wide, dataset_object = _network_and_data(source, data, dataset, arch, require_data=False)
+    layers = [layer] if isinstance(layer, str) else layer
+    result = reduce_network(wide, tol, layers, allow_non_isometric, PROFILE_TOLERANCES if profile else None)
+    if output is not None:
+        write_reduced_checkpoint(result, output, force, data_reference(wide, data, dataset, Path(output)))
+    output_error = check_wide = check_narrow = None
+    if dataset_object is not None:
+        output_error = result.output_error(dataset_object.x)
+        check_wide = check_network(wide, dataset_object, check_options)
+        check_narrow = check_network(result.narrow, dataset_object, check_options)
+    return ReduceReport(
+        wide=wide.load_report.source if wide.load_report is not None else str(wide.path),
+        output=str(output) if output is not None else None,
+        data=dataset_object.source if dataset_object is not None else None,
+        summary=result.to_dict(),
+        output_error=output_error,
+        check_wide=check_wide,
+        check_narrow=check_narrow,
+        network=result.narrow,
+        embedding=result.embedding,
+    )
+
+
 def trace_options_from(options: dict[str, Any]):
     """TraceOptions from keyword arguments; an unknown option is a UsageError."""
     from dataclasses import fields

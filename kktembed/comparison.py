@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 
 from kktembed.data import Dataset
@@ -15,11 +15,17 @@ from kktembed.errors import ArchitectureError, InputError, UsageError
 from kktembed.loading import validate_data
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
 from kktembed.network import Network, flatten_params
-from kktembed.reduce import match_embedding
+from kktembed.reduction import match_embedding
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedResult:
+    """The embedding errors of MATH.md §4 between NARROW and WIDE and both KKT checks; ``to_dict()``
+    is ``kktembed embed --json``."""
+
+    narrow: str | None  # the checkpoints and data, as given
+    wide: str | None
+    data: str
     verdict: str
     kkt_preserved: bool | None
     parent_hash_matches: bool | None
@@ -45,13 +51,13 @@ class EmbedResult:
     multiplier_error: float | None
     relative_multiplier_error: float | None
     tol: float
-    narrow: CheckResult
-    wide: CheckResult
+    check_narrow: CheckResult = field(repr=False)
+    check_wide: CheckResult = field(repr=False)
 
     def to_dict(self) -> dict:
-        result = {key: value for key, value in self.__dict__.items() if key not in ("narrow", "wide")}
+        result = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("check_")}
         for side in ("narrow", "wide"):
-            check = getattr(self, side).to_dict()
+            check = getattr(self, f"check_{side}").to_dict()
             check.pop("profile")
             result[f"check_{side}"] = check
         return result
@@ -76,7 +82,7 @@ class ResolvedEmbedding:
 def find_embedding(narrow: Network, wide: Network, tol: float = 1e-10) -> ResolvedEmbedding:
     """T from NARROW to WIDE: from a record whose file hash matches (WIDE's stages, then NARROW's
     ``embeds_into``), else from a record whose architecture matches, else by matching units
-    (``reduce.match_embedding`` at ``tol``). Raises a clear InputError when nothing fits."""
+    (``kktembed.reduction.match_embedding`` at ``tol``). Raises a clear InputError when nothing fits."""
     if narrow.adapter.name != wide.adapter.name:
         raise ArchitectureError(f"NARROW uses adapter {narrow.adapter.name!r}, WIDE {wide.adapter.name!r}: they do not belong together")
     adapter = wide.adapter
@@ -164,6 +170,9 @@ def embed_networks(
             and (relative_multiplier_error or 0.0) <= 1e-6
         )
     return EmbedResult(
+        narrow=narrow_check.checkpoint,
+        wide=wide_check.checkpoint,
+        data=dataset.source,
         verdict=verdict,
         kkt_preserved=kkt_preserved,
         parent_hash_matches=resolved.hash_matches,
@@ -189,6 +198,6 @@ def embed_networks(
         multiplier_error=multiplier_error,
         relative_multiplier_error=relative_multiplier_error,
         tol=tol,
-        narrow=narrow_check,
-        wide=wide_check,
+        check_narrow=narrow_check,
+        check_wide=wide_check,
     )

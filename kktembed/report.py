@@ -47,6 +47,7 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+NON_TERMINAL_WIDTH = 200
 VERDICT_STYLE = {"kkt": "bold green", "approximate": "bold yellow", "not_kkt": "bold red", "not_separable": "bold red"}
 
 
@@ -59,7 +60,8 @@ class Output:
         if self.json_output:
             sys.stdout.write(json.dumps(_plain(payload), indent=2) + "\n")
             return None
-        return Console()
+        # a pipe or a log file gets tables as wide as they need (rich's default there is 80 columns)
+        return Console() if sys.stdout.isatty() else Console(width=NON_TERMINAL_WIDTH)
 
     @staticmethod
     def _table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -252,17 +254,19 @@ class Output:
             table.add_row("…", f"{len(summary['splits']) - len(shown)} more", "", "", "", "")
         console.print(table)
 
-    def embed(self, result, narrow: str, wide: str, data: str) -> None:
-        payload = {"narrow": narrow, "wide": wide, "data": data, **result.to_dict()}
-        console = self._begin(payload)
+    def embed(self, result) -> None:
+        """An ``EmbedResult``."""
+        console = self._begin(result.to_dict())
         if console is None:
             return
         r = result
+        source = {"wide_record": "WIDE's record", "narrow_record": "NARROW's record (written by reduce)", "matched": "found by matching units (no record)"}
         rows = [
-            ("narrow → wide", f"{narrow} → {wide}"),
-            ("data", data),
+            ("narrow → wide", f"{r.narrow} → {r.wide}"),
+            ("data", r.data),
+            ("map T", source.get(r.embedding_source, r.embedding_source)),
             ("splits (strategies)", f"{r.n_splits} ({', '.join(r.strategies)})"),
-            ("NARROW is the recorded parent file", fmt(r.parent_hash_matches)),
+            ("the record names this very file", fmt(r.parent_hash_matches)),
             ("‖θ̃ − Tθ‖", fmt(r.embedding_error)),
             ("‖θ̃ − Tθ‖ / ‖Tθ‖", fmt(r.relative_embedding_error)),
             ("|‖θ̃‖ − ‖θ‖|", fmt(r.norm_error)),
@@ -284,14 +288,60 @@ class Output:
             ("ε/‖θ̂‖", "relative_stationarity_residual"),
             ("δ", "complementarity_residual"),
         ):
-            left, right = getattr(r.narrow, attribute), getattr(r.wide, attribute)
+            left, right = getattr(r.check_narrow, attribute), getattr(r.check_wide, attribute)
             difference = abs(right - left) if left is not None and right is not None else None
             table.add_row(label, fmt(left, 10), fmt(right, 10), fmt(difference))
-        table.add_row("verdict", r.narrow.verdict, r.wide.verdict, "")
+        table.add_row("verdict", r.check_narrow.verdict, r.check_wide.verdict, "")
         console.print(table)
         style = "bold green" if r.verdict == "isometric_embedding" else "bold red"
         preserved = {True: "KKT quality preserved", False: "KKT quality NOT preserved", None: "no KKT comparison (not separable)"}[r.kkt_preserved]
         console.print(f"verdict: [{style}]{r.verdict}[/] (tol {r.tol:g}); {preserved}")
+
+    def reduce(self, report) -> None:
+        """A ``ReduceReport``."""
+        payload = report.to_dict()
+        console = self._begin(payload)
+        if console is None:
+            return
+        widths = ", ".join(f"{name}: {before} → {payload['widths_after'][name]}" for name, before in payload["widths_before"].items())
+        merged = sum(layer["merged_groups"] for layer in payload["layers"])
+        zero = sum(layer["zero_copies"] for layer in payload["layers"])
+        function_preserving = sum(len(layer["function_preserving_groups"]) for layer in payload["layers"])
+        rows = [
+            ("wide → narrow", f"{report.wide} → {report.output or '(not written: give -o)'}"),
+            ("tolerance", f"{payload['tol']:g} ({payload['rounds']} sweeps)"),
+            ("hidden widths", widths),
+            ("groups of copies merged", fmt(merged)),
+            ("zero units (copies with share 0)", fmt(zero)),
+            ("merge error ‖θ̃ − Tθ‖/‖θ̃‖", fmt(payload["merge_error"])),
+            ("coefficient isometry error max|Σc²−1|", fmt(payload["coefficient_isometry_error"])),
+            ("|‖θ̃‖ − ‖θ‖|", fmt(payload["norm_error"])),
+            ("T is an isometry", fmt(payload["isometric"])),
+        ]
+        if function_preserving:
+            rows.append(("output-preserving groups, not merged", f"{function_preserving} (merge with --allow-non-isometric: not an isometry)"))
+        if report.data is not None:
+            rows.append(("output error max|Φ̃ − Φ| on data", f"{fmt(report.output_error)} ({report.data})"))
+        console.print(self._table("kktembed reduce", rows))
+        if report.check_wide is not None:
+            table = Table(title="KKT check, side by side", title_justify="left")
+            for column in ("", "wide", "narrow", "|difference|"):
+                table.add_column(column, justify="right")
+            for label, attribute in (("parameters", "n_parameters"), ("normalized margin γ̄", "normalized_margin"), ("support", "n_support"), ("ε/‖θ̂‖", "relative_stationarity_residual"), ("δ", "complementarity_residual")):
+                left, right = getattr(report.check_wide, attribute), getattr(report.check_narrow, attribute)
+                difference = abs(right - left) if left is not None and right is not None else None
+                table.add_row(label, fmt(left, 10), fmt(right, 10), fmt(difference))
+            table.add_row("verdict", report.check_wide.verdict, report.check_narrow.verdict, "")
+            console.print(table)
+        if payload["profile"]:
+            table = Table(title="effective width against the tolerance", title_justify="left")
+            names = list(payload["widths_before"])
+            table.add_column("tol", justify="right")
+            for name in names:
+                table.add_column(name, justify="right")
+            for row in payload["profile"]:
+                table.add_row(f"{row['tol']:g}", *(fmt(row["widths"].get(name)) for name in names))
+            console.print(table)
 
     def trace(self, report) -> None:
         """A ``TraceReport``: summary table and a few rows of the series."""

@@ -107,3 +107,49 @@ class ConvertResult:
 
     def to_dict(self) -> dict[str, Any]:
         return _public(self, ())
+
+
+@dataclass(frozen=True)
+class ReduceReport:
+    """``reduce``: the narrowest network WIDE embeds (``summary``: widths, groups, merge and isometry
+    errors, the tolerance profile), the output error on the data, and the KKT check of both sides."""
+
+    wide: str
+    output: str | None
+    data: str | None
+    summary: dict[str, Any]
+    output_error: float | None = None
+    check_wide: Any = field(default=None, repr=False)  # CheckResult of WIDE, with data
+    check_narrow: Any = field(default=None, repr=False)  # CheckResult of NARROW
+    network: Any = field(default=None, compare=False, repr=False)  # the narrow Network
+    embedding: Any = field(default=None, compare=False, repr=False)  # T: narrow → wide
+
+    @property
+    def check_agreement(self) -> dict[str, float | None] | None:
+        """|difference| of γ̄, ε/‖θ̂‖ and δ between the two checks, and ‖λ̃ − λ‖ (zero to rounding
+        for an isometric reduction, MATH.md §4)."""
+        if self.check_wide is None or self.check_narrow is None:
+            return None
+        wide, narrow = self.check_wide, self.check_narrow
+
+        def difference(name):
+            a, b = getattr(wide, name), getattr(narrow, name)
+            return None if a is None or b is None else abs(a - b)
+
+        multipliers = None
+        if wide.multipliers is not None and narrow.multipliers is not None:
+            multipliers = float((wide.multipliers - narrow.multipliers).norm())
+        return {
+            "normalized_margin_error": difference("normalized_margin"),
+            "relative_stationarity_error": difference("relative_stationarity_residual"),
+            "complementarity_error": difference("complementarity_residual"),
+            "multiplier_error": multipliers,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        result = {"wide": self.wide, "output": self.output, "data": self.data, **self.summary, "output_error": self.output_error}
+        for side in ("wide", "narrow"):
+            check = getattr(self, f"check_{side}")
+            result[f"check_{side}"] = {key: value for key, value in check.to_dict().items() if key != "profile"} if check is not None else None
+        result["check_agreement"] = self.check_agreement
+        return result

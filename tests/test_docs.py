@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-COMMANDS = ["check", "inspect", "split", "embed", "trace", "convert", "plugins"]
+COMMANDS = ["check", "inspect", "split", "embed", "trace", "reduce", "convert", "plugins"]
 
 
 def test_readme_starts_with_the_two_commands():

@@ -18,7 +18,7 @@ from kktembed.embedding import EMBEDDING_KEY, Embedding, EmbeddingRecord, UnitMa
 from kktembed.errors import CheckpointError, InputError, UsageError
 from kktembed.network import Network, flatten_params
 from kktembed.plugins import adapters
-from kktembed.reduce import (
+from kktembed.reduction import (
     assign_copies,
     direction_components,
     match_embedding,

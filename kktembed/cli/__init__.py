@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from kktembed.cli import check, convert, embed, inspect, plugins, split, trace
+from kktembed.cli import check, convert, embed, inspect, plugins, reduce, split, trace
 from kktembed.errors import KktembedError
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("inspect")(inspect.inspect)
 app.command("split")(split.split)
 app.command("embed")(embed.embed)
 app.command("trace")(trace.trace)
+app.command("reduce")(reduce.reduce)
 app.command("convert")(convert.convert)
 app.command("plugins")(plugins.plugins)
 

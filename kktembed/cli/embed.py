@@ -55,4 +55,4 @@ def embed(
     with progress_steps(not json_output) as on_step:
         on_step("loading checkpoints and data")
         result = embed_checkpoints(narrow, wide, arch=spec, data=data, dataset=dataset, norm=norm.value, active_tol=active_tol, solver=solver.value, device=device.value, tol=tol, on_step=on_step)
-    Output(json_output).embed(result, narrow=str(narrow), wide=str(wide), data=result.narrow.data)
+    Output(json_output).embed(result)
