@@ -334,7 +334,8 @@ class Output:
             table.add_row("verdict", report.check_wide.verdict, report.check_narrow.verdict, "")
             console.print(table)
         if payload["profile"]:
-            table = Table(title="effective width against the tolerance", title_justify="left")
+            title = "effective width against the tolerance"
+            table = Table(title=title, title_justify="left", min_width=len(title) + 2)
             names = list(payload["widths_before"])
             table.add_column("tol", justify="right")
             for name in names:
