@@ -112,7 +112,9 @@ def run_case(case: str, save: str | None, threads: int | None) -> dict:
     gram = gram_matrix(network, x, constraints, network.params)
     seconds = time.perf_counter() - started
     if save:
-        torch.save(gram, save)
+        from safetensors.torch import save_file
+
+        save_file({"gram": gram.contiguous()}, save)
     estimate = None
     if version == "new":
         from kktembed.kkt.gram import DEFAULT_CHUNK, estimate_gram_bytes
@@ -139,7 +141,9 @@ def run_in_process(case: str, save: str | None, threads: int | None) -> dict:
 def max_relative_difference(first: str, second: str) -> float:
     import torch
 
-    new, old = torch.load(first), torch.load(second)
+    from safetensors.torch import load_file
+
+    new, old = load_file(first)["gram"], load_file(second)["gram"]
     return float((new - old).abs().max() / old.abs().max())
 
 
@@ -149,7 +153,7 @@ def table(groups: list[str], threads: int | None) -> None:
         for group in groups:
             for name, n in GROUPS[group]:
                 compare = n <= 4000
-                new_file, old_file = (os.path.join(folder, f"{version}.pt") if compare else None for version in ("new", "old"))
+                new_file, old_file = (os.path.join(folder, f"{version}.safetensors") if compare else None for version in ("new", "old"))
                 new = run_in_process(f"new:{name}:{n}", new_file, threads)
                 old = run_in_process(f"old:{name}:{n}", old_file, threads) if old_peak_bytes(n) <= OLD_LIMIT_BYTES else None
                 difference = f"{max_relative_difference(new_file, old_file):13.1e}" if compare and old else f"{'':>13}"
@@ -202,7 +206,7 @@ def thread_comparison(busy: bool, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", help="VERSION:SETTING:N_CONSTRAINTS, e.g. new:mlp10:16173")
-    parser.add_argument("--save", help="with --case: save K there (torch.save)")
+    parser.add_argument("--save", help="with --case: save K there (safetensors)")
     parser.add_argument("--group", choices=sorted(GROUPS), action="append")
     parser.add_argument("--pin-threads", type=int, help="torch intra-op threads for every case (default: torch's)")
     parser.add_argument("--threads", action="store_true", help="compare 1 and 2 intra-op threads")

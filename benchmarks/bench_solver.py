@@ -107,11 +107,14 @@ def trained(kind: str):
 
     from kktembed.kkt.margins import build_constraints, margins, margins_from_outputs, rescale_to_unit_margin
 
-    path = CACHE / f"{kind}_params.pt"
+    from safetensors.torch import load_file, save_file
+
+    path = CACHE / f"{kind}_params.safetensors"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        torch.save(train(kind), path)
-    record = torch.load(path)
+        record = train(kind)
+        save_file(record["params"], path, metadata={"steps": str(record["steps"])})
+    record = {"params": load_file(path), "steps": TRAINING_STEPS}
     network = network_for(kind, record["params"])
     x, y = digits_data(kind)
     constraints = build_constraints(y, network.output_dim)
