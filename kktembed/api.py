@@ -19,6 +19,7 @@ from typing import Any
 from kktembed.archspec import ArchSpec
 from kktembed.errors import UsageError
 from kktembed.outputs import command_scope
+from kktembed.validation import require_number
 
 
 def _command(function):
@@ -141,17 +142,22 @@ def check(
     return check_network(network, dataset_object, check_options, on_step)
 
 
-def check_options_from(options: dict[str, Any]):
-    """CheckOptions from keyword arguments, validated; an unknown option is a UsageError."""
+def _options(kind, options: dict[str, Any], command: str):
+    """``kind(**options)`` validated; an unknown option is a UsageError listing the known ones."""
     from dataclasses import fields
 
-    from kktembed.kkt.analysis import CheckOptions
-
-    known = {f.name for f in fields(CheckOptions)}
+    known = {f.name for f in fields(kind)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"unknown check option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
-    return CheckOptions(**options).validate()
+        raise UsageError(f"unknown {command} option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
+    return kind(**options).validate()
+
+
+def check_options_from(options: dict[str, Any]):
+    """CheckOptions (torch-free) from keyword arguments, validated."""
+    from kktembed.kkt.options import CheckOptions
+
+    return _options(CheckOptions, options, "check")
 
 
 @_command
@@ -257,7 +263,7 @@ def embed(
     from kktembed.loading import load_network
 
     options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
-    _require_tolerance(tol, "tol")
+    require_number(tol, "--tol", low=0.0)
     data = _data(data, x, y, None)
     narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)
     if dataset_object is None:
@@ -269,13 +275,6 @@ def embed(
     if dataset_object is None:
         raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
     return embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)
-
-
-def _require_tolerance(value: float, name: str) -> None:
-    import math
-
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise UsageError(f"--{name} must be a finite number ≥ 0, got {value}")
 
 
 @_command
@@ -434,7 +433,7 @@ def reduce(
     from kktembed.reduction import PROFILE_TOLERANCES, reduce_network, write_reduced_checkpoint
     from kktembed.results import ReduceReport
 
-    _require_tolerance(tol, "tol")
+    require_number(tol, "--tol", low=0.0)
     check_options = check_options_from({"profile": False, "solver": solver})
     data = _data(data, x, y, None)
     if output is not None:
@@ -463,16 +462,10 @@ def reduce(
 
 
 def trace_options_from(options: dict[str, Any]):
-    """TraceOptions from keyword arguments; an unknown option is a UsageError."""
-    from dataclasses import fields
-
+    """TraceOptions (torch-free) from keyword arguments, validated."""
     from kktembed.training_options import TraceOptions
 
-    known = {f.name for f in fields(TraceOptions)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(f"unknown trace option(s) {', '.join(unknown)}", hint=f"known: {', '.join(sorted(known))}")
-    return TraceOptions(**options).validate()
+    return _options(TraceOptions, options, "trace")
 
 
 @_command
