@@ -140,3 +140,30 @@ def test_lp_refuses_a_gradient_matrix_over_the_memory_limit(fixtures_dir, monkey
     network, dataset = load(fixtures_dir, "mlp_gd_digits38")
     with pytest.raises(UsageError, match="--norm l2"):
         check_network(network, dataset, CheckOptions(norm="linf", profile=False))
+
+
+FIXTURE_CHECKPOINTS = ["linear_svm_digits38", "mlp_gd_digits38", "mlp_kkt_gaussians", "cnn_digits38", "mlp_multiclass_digits012"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_CHECKPOINTS)
+def test_active_set_and_clarabel_agree_on_every_fixture(fixtures_dir, name):
+    """The exact active-set solver (default) and Clarabel through cvxpy give the same ε/‖θ̂‖ to 1e-8
+    and the same verdict and support, with the τ profile (warm starts) included."""
+    network, dataset = load(fixtures_dir, name)
+    active = check_network(network, dataset, CheckOptions(active_tol=1.0))
+    clarabel = check_network(network, dataset, CheckOptions(active_tol=1.0, solver="clarabel"))
+    assert active.solver == "ACTIVE-SET" and clarabel.solver == "CLARABEL"
+    assert abs(active.relative_stationarity_residual - clarabel.relative_stationarity_residual) <= 1e-8
+    assert active.verdict == clarabel.verdict
+    for ours, theirs in zip(active.profile, clarabel.profile):
+        assert abs(ours.relative_stationarity_residual - theirs.relative_stationarity_residual) <= 1e-8, ours.active_tol
+
+
+def test_solver_names_are_checked(fixtures_dir):
+    from kktembed.errors import UsageError
+
+    network, dataset = load(fixtures_dir, "mlp_kkt_gaussians")
+    with pytest.raises(UsageError, match="does not solve the l1 problem"):
+        check_network(network, dataset, CheckOptions(norm="l1", solver="clarabel"))
+    with pytest.raises(UsageError, match="unknown solver"):
+        check_network(network, dataset, CheckOptions(solver="mosek"))
