@@ -28,7 +28,10 @@ def embed(
     tol: Annotated[float, typer.Option("--tol", help="Relative tolerance for ‖θ̃ − Tθ‖/‖Tθ‖ and max|Σc²−1| in the verdict.")] = 1e-10,
     json_output: Json = False,
 ) -> None:
-    """Rebuild the map T from WIDE's metadata and measure how exactly WIDE = T(NARROW):
+    """Find the map T from NARROW to WIDE and measure how exactly WIDE = T(NARROW). T comes from
+    WIDE's record (written by split or trace), from NARROW's record (written by reduce), or, when
+    no record fits (a plain file, permuted units), by matching units; the report says which.
+    Measured:
     ‖θ̃ − Tθ‖ (absolute, relative), |‖θ̃‖ − ‖θ‖|, the coefficient isometry error max|Σc_i² − 1|,
     the output error max_x |Φ̃(θ̃; x) − Φ(θ; x)| on the data, |γ̄(θ̃) − γ̄(θ)|, and the KKT check of
     both sides (ε, δ, support, ‖λ̃ − λ‖).
@@ -45,6 +48,8 @@ def embed(
       kktembed embed fixtures/mlp_kkt_gaussians.safetensors wide.safetensors
 
       kktembed embed narrow.safetensors wide.safetensors --dataset digits:3,8 --json
+
+      kktembed embed narrow.safetensors plain_wide.safetensors --dataset digits:3,8
     """
     from kktembed.api import embed as embed_checkpoints
     from kktembed.cli.common import arch_spec, progress_steps
