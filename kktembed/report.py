@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from kktembed.resources import format_size
 from rich.table import Table
 
 
@@ -104,7 +106,7 @@ class Output:
                 ("max λ(q−1)", fmt(r.max_complementarity_residual)),
                 ("δ / Σλ", fmt(r.relative_complementarity_residual)),
                 ("support constraints near a ReLU kink", f"{fmt(r.n_support_near_kink)} ({fmt(r.n_preactivations_near_kink)} pre-activations)"),
-                (f"solver ({r.norm})", f"{r.solver} {r.solver_status}{', refined' if r.refined else ''}, {r.solver_seconds:.3f} s (Gram {r.gram_seconds:.3f} s)"),
+                (f"solver ({r.norm})", f"{r.solver} {r.solver_status}{', refined' if r.refined else ''}, {r.solver_seconds:.3f} s (Gram {r.gram_seconds:.3f} s, est. {format_size(r.gram_memory_estimate)})"),
             ]
         console.print(self._table("kktembed check", rows))
         if r.profile:

@@ -23,7 +23,8 @@ import torch
 from kktembed.data import Dataset
 from kktembed.errors import InputError, UsageError
 from kktembed.homogeneity import HomogeneityReport, verify_homogeneity
-from kktembed.kkt.gram import gram_matrix
+from kktembed.kkt.gram import estimate_gram_bytes, gram_matrix
+from kktembed.resources import format_size
 from kktembed.kkt.margins import Constraints, accuracy, build_constraints, margins, margins_from_outputs, normalized_margin, rescale_to_unit_margin
 from kktembed.kkt.norms import CandidateProblem, get_norm, solver_for
 from kktembed.kkt.options import PROFILE_TOLS, CheckOptions
@@ -273,7 +274,8 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     q_hat = margins(network, x, state.constraints, theta_hat)
     theta_hat_norm = network.norm(theta_hat)
     ladder, widest, pool = candidate_pool(q_hat, options)
-    step(f"Gram matrix of {len(pool)} candidate constraints")
+    gram_memory = estimate_gram_bytes(network, len(pool))
+    step(f"Gram matrix of {len(pool):,} candidate constraints (about {format_size(gram_memory)})")
     started = time.perf_counter()
     pool_gram = gram_matrix(network, x, state.constraints.subset(pool), theta_hat, device=options.device).numpy()
     gram_seconds = time.perf_counter() - started
@@ -318,6 +320,7 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
         solver_status=solved.solution.status,
         solver_seconds=solved.solution.seconds,
         gram_seconds=gram_seconds,
+        gram_memory_estimate=gram_memory,
         refined=solved.refined,
         multipliers=lam,
         constraint_index=state.constraints.index_table(),

@@ -67,6 +67,7 @@ class CheckResult:
     solver_status: str | None = None
     solver_seconds: float | None = None
     gram_seconds: float | None = None
+    gram_memory_estimate: int | None = None  # bytes, estimated (and checked against the limit) before K was built
     refined: bool | None = None
     kkt_tol: float | None = None
     approx_tol: float | None = None
