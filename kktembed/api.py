@@ -153,10 +153,11 @@ def check(
 
 
 def check_options_from(options: dict[str, Any]):
-    """CheckOptions from keyword arguments, validated; an unknown option is a UsageError."""
+    """CheckOptions from keyword arguments, validated (without importing torch: a bad option is
+    refused at once); an unknown option is a UsageError."""
     from dataclasses import fields
 
-    from kktembed.kkt.analysis import CheckOptions
+    from kktembed.kkt.options import CheckOptions
 
     known = {f.name for f in fields(CheckOptions)}
     unknown = sorted(set(options) - known)
@@ -264,11 +265,11 @@ def embed(
 ):
     """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
     NARROW's reference, else WIDE's."""
-    from kktembed.comparison import embed_networks
-    from kktembed.loading import load_network
-
     options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
     _require_tolerance(tol, "tol")
+    from kktembed.comparison import embed_networks  # torch: after the options are known to be valid
+    from kktembed.loading import load_network
+
     data = _data(data, x, y, None)
     narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)
     if dataset_object is None:

@@ -54,8 +54,11 @@ def main() -> None:
     if not debug:
         warnings.showwarning = _show_warning
     from kktembed.outputs import command_scope
+    from kktembed.resources import MEMORY_LIMIT_VARIABLE, memory_limit_bytes
 
     try:
+        if os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip():
+            memory_limit_bytes()  # a malformed limit is refused before any command starts
         with command_scope():
             app(prog_name="kktembed")
     except KktembedError as exc:
