@@ -169,9 +169,9 @@ def embed_networks(
         multiplier_error = float((wide_check.multipliers - narrow_check.multipliers).norm())
         scale = float(narrow_check.multipliers.norm())
         relative_multiplier_error = multiplier_error / scale if scale > 0 else None
-    if relative_embedding_error > tol:
+    if not relative_embedding_error <= tol:  # written so that a NaN error is never within the tolerance
         verdict = "not_embedded"
-    elif embedding.isometry_error > tol:
+    elif not embedding.isometry_error <= tol:
         verdict = "not_isometric"
     else:
         verdict = "isometric_embedding"

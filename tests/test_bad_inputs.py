@@ -445,6 +445,12 @@ def _(ws):
     return ["check", native(ws.tmp / "bad.safetensors", mlp_tensors(), MLP, **{DATA_KEY: "bad.safetensors"})]
 
 
+@case("config/activation-option-nan-slope", fragment="slope")
+def _(ws):
+    save_file(mlp_tensors(), str(ws.tmp / "plain.safetensors"))
+    return ["check", ws.tmp / "plain.safetensors", "--data", ws.data, "--activation", "leaky_relu:nan"]
+
+
 @case("config/spec-stride-zero", code=2, fragment="stride")
 def _(ws):
     (ws.tmp / "arch.json").write_text(json.dumps({"stride": 0}))
@@ -683,6 +689,23 @@ for (_command, _option), _values in OPTION_VALUES.items():
             return _option_args(ws, command, option, value)
 
         CASES.append(Case(f"option/{_command}{_option}={_value}", _build, code=2, fragment=_option.lstrip("-").split("-")[0] if _option != "--split" else None))
+
+
+COMMAND_LINE_ERRORS = {  # found by the command-line parser itself: one Error line too, naming --help
+    "split-copies-1e9": ["split", "{narrow}", "-o", "{tmp}/w.safetensors", "--copies", "1e9"],
+    "trace-steps-1e12": ["trace", "{narrow}", "--split", "copies=2", "--steps", "1e12"],
+    "trace-seed-text": ["trace", "{narrow}", "--split", "copies=2", "--seed", "abc"],
+    "check-unknown-option": ["check", "{narrow}", "--lr", "3"],
+    "check-norm-l3": ["check", "{narrow}", "--norm", "l3"],
+    "check-missing-checkpoint-argument": ["check"],
+    "unknown-command": ["splitt", "{narrow}"],
+}
+for _name, _args in COMMAND_LINE_ERRORS.items():
+
+    def _build(ws, args=_args):
+        return [part.format(narrow=ws.narrow, tmp=ws.tmp) for part in args]
+
+    CASES.append(Case(f"option/parser-{_name}", _build, code=2, fragment="--help"))
 
 
 @case("option/memory-limit-variable-malformed", code=2, fragment="KKTEMBED_MEMORY_LIMIT", env={"KKTEMBED_MEMORY_LIMIT": "lots"})
