@@ -82,9 +82,10 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 
 def header_bytes_needed(entries: dict[str, Any]) -> int:
-    """Memory to hold the tensors a header lists and their float64 copies: the stored bytes (the
-    data offsets) plus 8 bytes per entry of the shape. Entries that are malformed or disagree with
-    their offsets count as nothing here: safetensors refuses them as corrupt when the file is opened."""
+    """Memory to hold the tensors a header lists and their 64-bit copies: the stored bytes (the data
+    offsets) plus, for tensors not already float64 or int64, 8 bytes per entry of the shape. Entries
+    that are malformed or disagree with their offsets count as nothing here: safetensors refuses
+    them as corrupt when the file is opened."""
     total = 0
     for entry in entries.values():
         try:
@@ -94,7 +95,7 @@ def header_bytes_needed(entries: dict[str, Any]) -> int:
                 elements *= int(size)
             if elements < 0 or elements * DTYPE_BYTES[entry["dtype"]] != end - start:
                 continue
-            total += end - start + FLOAT64_BYTES * elements
+            total += end - start + (0 if entry["dtype"] in ("F64", "I64") else FLOAT64_BYTES * elements)
         except (KeyError, TypeError, ValueError):
             continue
     return total

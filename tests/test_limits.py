@@ -64,9 +64,10 @@ def test_split_refused_when_its_record_would_not_fit_a_header(monkeypatch):
 
 
 def test_header_bytes_needed_counts_stored_and_float64_bytes(tmp_path):
-    save_file({"a": torch.zeros(3, 4, dtype=torch.float32), "b": torch.zeros(5, dtype=torch.float16)}, str(tmp_path / "t.safetensors"))
+    tensors = {"a": torch.zeros(3, 4, dtype=torch.float32), "b": torch.zeros(5, dtype=torch.float16), "c": torch.zeros(2, dtype=torch.float64)}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
     _, entries = read_safetensors_header(tmp_path / "t.safetensors")
-    assert header_bytes_needed(entries) == (12 * 4 + 12 * 8) + (5 * 2 + 5 * 8)
+    assert header_bytes_needed(entries) == (12 * 4 + 12 * 8) + (5 * 2 + 5 * 8) + 2 * 8  # float64 is not copied
     lying = {"w": {"dtype": "F64", "shape": [2**40, 2**40], "data_offsets": [0, 16]}}  # disagrees with its offsets
     assert header_bytes_needed(lying) == 0  # safetensors refuses it as corrupt; no estimate from it
 
