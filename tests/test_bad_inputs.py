@@ -1067,6 +1067,11 @@ def test_numbers_at_the_edges_of_float64(workspace, run_cli, scaled, factor):
             assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), (command, key, result[key])
         if command == "embed":  # the scale of θ must not change what the split is
             assert result["verdict"] == "isometric_embedding", result["verdict"]
+        if command == "check" and scaled == "theta":  # nor the relative residuals (homogeneity)
+            reference = strict_json(run_cli("check", workspace.narrow, "--no-profile", "--json")[1])
+            for key in ("relative_stationarity_residual", "relative_complementarity_residual", "normalized_margin"):
+                assert math.isclose(result[key], reference[key], rel_tol=1e-9, abs_tol=1e-14), (key, result[key], reference[key])
+            assert result["verdict"] == reference["verdict"]
 
 
 # == usage errors come back at once: refused before torch, numpy or cvxpy is imported ==============
