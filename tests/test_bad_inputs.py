@@ -23,7 +23,6 @@ import resource
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -229,10 +228,6 @@ def case(name: str, code: int | None = None, fragment: str | None = None, bomb: 
     return register
 
 
-def cases(prefix: str):
-    return [pytest.param(c, id=c.name) for c in CASES if c.name.startswith(prefix)]
-
-
 # == 1. files that are not checkpoints: corrupt, truncated, hostile headers, pickles, data ==========
 
 
@@ -249,7 +244,7 @@ _header_case("header-longer-than-file", b'{"a": 1}', length=10**6, fragment="tru
 _header_case("header-not-json", b"{ this is not json", fragment="corrupt")
 _header_case("header-invalid-utf8", b"{\xff\xfe}", fragment="corrupt")
 _header_case("header-is-a-list", b"[1, 2]")
-_header_case("header-deeply-nested", ("{" + '"a":' * 1 + nested_json(200_000) + "}").encode(), fragment="corrupt")
+_header_case("header-deeply-nested", ('{"a":' + nested_json(200_000) + "}").encode(), fragment="corrupt")
 _header_case("offsets-beyond-data", {"w": {**TENSOR, "data_offsets": [0, 1600]}}, b"\0" * 16, fragment="corrupt")
 _header_case("offsets-overlap", {"a": TENSOR, "b": TENSOR}, b"\0" * 16, fragment="corrupt")
 _header_case("offsets-reversed", {"w": {**TENSOR, "data_offsets": [16, 0]}}, b"\0" * 16, fragment="corrupt")
@@ -908,7 +903,7 @@ def _(ws):
     return ["split", folder, "-o", folder / "model-00002-of-00002.safetensors", "--force"]
 
 
-@case("loss/embed-wide-parent-split-onto-its-parent", code=2, fragment="input of this command")
+@case("loss/split-onto-its-input", code=2, fragment="input of this command")
 def _(ws):
     narrow = ws.copy_of_narrow()
     return ["split", narrow, "-o", narrow, "--force"]
