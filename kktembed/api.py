@@ -83,18 +83,12 @@ def load(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None
 def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
     """Adapter, layers, hidden widths, parameter counts and the degree L with its numerical check
     (scaling and Euler's identity, on the data or on a fixed random probe)."""
-    import torch
-
     from kktembed.homogeneity import HOMOGENEITY_TOL, homogeneity_report
     from kktembed.loading import precision_floor
     from kktembed.results import InspectResult
 
     network, dataset_object = _network_and_data(source, _data(data, x, y, logits), dataset, arch, require_data=False)
-    if dataset_object is not None:
-        probe = dataset_object.x[:512]
-    else:
-        probe = torch.randn((64, *network.input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    homogeneity = homogeneity_report(network, probe)
+    homogeneity = homogeneity_report(network, _homogeneity_probe(network, dataset_object))
     report = network.load_report
     return InspectResult(
         checkpoint=report.source if report is not None else str(network.path),
@@ -117,6 +111,23 @@ def inspect(source: Any, *, arch: Any = None, data: Any = None, dataset: str | N
         precision_floor=precision_floor(network),
         load=report.to_dict() if report is not None else None,
     )
+
+
+PROBE_DATA_SAMPLES = 512  # inputs of the data on which inspect and convert check homogeneity
+PROBE_RANDOM_SAMPLES = 64  # random inputs used instead when there are no data
+
+
+def _homogeneity_probe(network, dataset_object):
+    """Inputs for the homogeneity check: the data's first samples, else fixed random inputs (whose
+    memory is checked first: the input shape comes from untrusted metadata)."""
+    import torch
+
+    from kktembed.network import ensure_forward_fits
+
+    if dataset_object is not None:
+        return dataset_object.x[:PROBE_DATA_SAMPLES]
+    ensure_forward_fits(network.adapter, network.config, PROBE_RANDOM_SAMPLES, f"the homogeneity check on {PROBE_RANDOM_SAMPLES} random inputs of shape {list(network.input_shape)}")
+    return torch.randn((PROBE_RANDOM_SAMPLES, *network.input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
 
 @_command
@@ -202,7 +213,7 @@ def split(
     if output is not None:
         guard_output(output, force, inputs=[source, data])
     network, dataset_object = _network_and_data(source, data, dataset, arch, require_data=False)
-    embedding = plan.embedding(network)
+    embedding = plan.embedding(network, recorded=output is not None)
     if output is not None:
         wide = write_split_checkpoint(network, embedding, Path(output), force, {**data_reference(network, data, dataset, Path(output)), **_storage_note(network)})
     else:
@@ -259,11 +270,11 @@ def embed(
 ):
     """Is WIDE the isometric embedding Tθ of NARROW (``kktembed embed``)? Data: given, else
     NARROW's reference, else WIDE's."""
-    from kktembed.comparison import embed_networks
-    from kktembed.loading import load_network
-
     options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
     require_number(tol, "--tol", low=0.0)
+    from kktembed.comparison import embed_networks  # torch: after the options are known to be valid
+    from kktembed.loading import load_network
+
     data = _data(data, x, y, None)
     narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)
     if dataset_object is None:
@@ -300,8 +311,8 @@ def trace(
     every, kkt_every, optimizer, save_every, device, threads). ``out`` is a folder that receives, all
     at once, the series, both final checkpoints and, with ``save_every``, both networks every K
     steps; ``plot`` a PNG (inside ``out`` it is part of that set)."""
-    from kktembed.dynamics import paired_training
     from kktembed.comparison import resolve_embedding
+    from kktembed.dynamics import ensure_training_fits, paired_training
     from kktembed.loading import load_network
     from kktembed.outputs import guard_folder, guard_output
     from kktembed.results import TraceReport
@@ -332,7 +343,8 @@ def trace(
             wide_network, _ = _network_and_data(wide, dataset_object, None, arch, require_data=False)
         embedding, _ = resolve_embedding(network, wide_network)
     else:
-        embedding = plan.embedding(network)
+        embedding = plan.embedding(network, recorded=out is not None)
+    ensure_training_fits(network, embedding.wide_config, trace_options.batch or dataset_object.n_samples)
     strategies = sorted({unit_split.strategy for unit_split in embedding.splits})
     label = "different batches" if trace_options.different_batches else ("SGD, identical batches" if trace_options.batch else "GD")
     name = Path(network.load_report.source).name if network.load_report is not None else "network"
@@ -484,8 +496,6 @@ def convert(
     """Interpret a plain checkpoint once (keys, layer order, activation, conv options), verify it
     (homogeneity; reference outputs when the data carry logits) and write a kktembed-native
     checkpoint whose metadata records adapter, config, data reference and storage precision."""
-    import torch
-
     from kktembed.checkpoint import save_checkpoint
     from kktembed.homogeneity import verify_homogeneity
     from kktembed.loading import data_reference
@@ -495,8 +505,7 @@ def convert(
     data = _data(data, x, y, logits)
     guard_output(output, force, inputs=[source, data])
     network, dataset_object = _network_and_data(source, data, dataset, arch, require_data=False)
-    probe = dataset_object.x[:512] if dataset_object is not None else torch.randn((64, *network.input_shape), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    homogeneity = verify_homogeneity(network, probe)
+    homogeneity = verify_homogeneity(network, _homogeneity_probe(network, dataset_object))
     extra = {**data_reference(network, data, dataset, Path(output)), **_storage_note(network)}
     save_checkpoint(output, network, extra, force=force)
     report = network.load_report

@@ -16,13 +16,13 @@ differently is refused. Imports nothing heavy, so that a bad spec is refused bef
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kktembed.errors import UsageError
+from kktembed.validation import parse_json
 
 SPEC_FIELDS = ("adapter", "layers", "activation", "input_shape", "stride", "padding", "pool")
 _CONV_FIELDS = ("stride", "padding", "pool")
@@ -57,11 +57,10 @@ class ArchSpec:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 raise UsageError(f"{path}: not valid TOML ({exc})")
+            except RecursionError:
+                raise UsageError(f"{path}: not valid TOML (nested too deeply)") from None
         else:
-            try:
-                data = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                raise UsageError(f"{path}: not valid JSON ({exc})")
+            data = parse_json(text, str(path), UsageError)
         return cls.from_mapping(data, str(path))
 
     @classmethod

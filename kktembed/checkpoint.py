@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kktembed.errors import CheckpointError, OutputExistsError
 from kktembed.outputs import atomic_path, note_read, write_text_atomically  # noqa: F401  (writers use them from here too)
+from kktembed.validation import parse_json
 
 if TYPE_CHECKING:
     import torch
@@ -65,8 +66,7 @@ def read_safetensors(path: str | Path, error: type[CheckpointError] = Checkpoint
     from safetensors import safe_open
 
     path = Path(path)
-    _sniff(path, error)
-    note_read(path)
+    ensure_tensors_fit([path], error)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -77,6 +77,38 @@ def read_safetensors(path: str | Path, error: type[CheckpointError] = Checkpoint
 
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+FLOAT64_BYTES = 8
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "C64": 8}
+
+
+def header_bytes_needed(entries: dict[str, Any]) -> int:
+    """Memory to hold the tensors a header lists and their 64-bit copies: the stored bytes (the data
+    offsets) plus, for tensors not already float64 or int64, 8 bytes per entry of the shape. Entries
+    that are malformed or disagree with their offsets count as nothing here: safetensors refuses
+    them as corrupt when the file is opened."""
+    total = 0
+    for entry in entries.values():
+        try:
+            start, end = (int(offset) for offset in entry["data_offsets"])
+            elements = 1
+            for size in entry["shape"]:
+                elements *= int(size)
+            if elements < 0 or elements * DTYPE_BYTES[entry["dtype"]] != end - start:
+                continue
+            total += end - start + (0 if entry["dtype"] in ("F64", "I64") else FLOAT64_BYTES * elements)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return total
+
+
+def ensure_tensors_fit(paths: list[Path], error: type[CheckpointError] = CheckpointError) -> None:
+    """Refuse files whose headers list more tensor data than the memory limit allows, before any
+    tensor is read (a sparse file or a lying header costs nothing on disk)."""
+    from kktembed.resources import ensure_fits
+
+    needed = sum(header_bytes_needed(read_safetensors_header(path, error)[1]) for path in paths)
+    what = f"reading {paths[0]}" if len(paths) == 1 else f"reading the {len(paths)} shards of {paths[0].parent}"
+    ensure_fits(needed, what, hint="the tensors (and their float64 copies) must fit in memory")
 
 
 def read_safetensors_header(path: str | Path, error: type[CheckpointError] = CheckpointError) -> tuple[dict[str, str], dict[str, dict]]:
@@ -160,11 +192,14 @@ def checkpoint_files(path: Path) -> tuple[tuple[Path, ...], dict[str, str] | Non
             hint="pass the .safetensors file itself",
         )
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError("weight_map must map tensor names to file names")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        text = index_path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{index_path}: not a valid shard index ({exc})")
+    note_read(index_path)
+    index = parse_json(text, f"{index_path}: the shard index", CheckpointError)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: not a valid shard index (its weight_map must map tensor names to file names)")
     names = sorted(set(weight_map.values()))
     for name in names:
         if Path(name).name != name or name in ("", ".", ".."):
@@ -175,6 +210,7 @@ def checkpoint_files(path: Path) -> tuple[tuple[Path, ...], dict[str, str] | Non
 def _read_shards(index_path: Path, shards: tuple[Path, ...], weight_map: dict[str, str]) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
     """Merge the shards, checking that each holds exactly the tensors the index assigns to it and
     that their kktembed metadata agree."""
+    ensure_tensors_fit(list(shards))
     tensors: dict[str, "torch.Tensor"] = {}
     metadata: dict[str, str] = {}
     for shard in shards:
@@ -195,6 +231,28 @@ def _read_shards(index_path: Path, shards: tuple[Path, ...], weight_map: dict[st
     return tensors, metadata
 
 
+def referenced_files(path: str | Path) -> list[Path]:
+    """Every file a command reading the checkpoint ``path`` will read: its own files (the shard
+    index, a spec beside them) and the data file its metadata names. Best effort, without torch:
+    a path that is not a readable checkpoint yields what could be found (its reader reports the
+    problem later)."""
+    path = Path(path)
+    found: list[Path] = []
+    try:
+        files, weight_map = checkpoint_files(path)
+        found += files
+        if weight_map is not None:
+            found.append(path / SHARD_INDEX)
+        if path.is_dir():
+            found += [path / name for name in FOLDER_SPEC_NAMES if (path / name).is_file()]
+        metadata, _ = read_safetensors_header(files[0])
+    except (CheckpointError, OSError):
+        return found
+    if isinstance(metadata.get(DATA_KEY), str):
+        found.append((path if path.is_dir() else path.parent) / metadata[DATA_KEY])
+    return found
+
+
 def source_sha256(path: str | Path) -> str:
     """sha256 of a checkpoint's content: of its file, or for a sharded folder of the shards' names
     and digests (a folder with model.safetensors has that file's digest)."""
@@ -208,10 +266,18 @@ def source_sha256(path: str | Path) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 of a regular file (a FIFO or device is refused: reading one might never end)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {'no such file' if not path.exists() else 'not a file'}")
+    note_read(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+import torch
 
 from kktembed.data import Dataset
 from kktembed.checkpoint import source_sha256
@@ -14,7 +15,7 @@ from kktembed.embedding import Embedding, EmbeddingRecord, same_architecture
 from kktembed.errors import ArchitectureError, InputError, UsageError
 from kktembed.loading import validate_data
 from kktembed.kkt.analysis import CheckOptions, CheckResult, check_network
-from kktembed.network import Network, flatten_params
+from kktembed.network import Network, safe_norm
 from kktembed.reduction import match_embedding
 
 
@@ -124,6 +125,19 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else abs(a - b)
 
 
+def output_difference(narrow: Network, wide: Network, x: torch.Tensor) -> float:
+    """max_x |Φ̃(θ̃; x) − Φ(θ; x)|. Where the outputs overflow float64 it is taken at θ/s and θ̃/s
+    (s = ‖θ‖) and scaled back by s^L (both networks have degree L), inf only if it is that large."""
+    difference = float((wide.forward(x) - narrow.forward(x)).abs().max())
+    scale = narrow.norm()
+    if math.isfinite(difference) or not 0 < scale < math.inf:
+        return difference
+    scaled = float((wide.forward(x, {k: v / scale for k, v in wide.params.items()}) - narrow.forward(x, {k: v / scale for k, v in narrow.params.items()})).abs().max())
+    for _ in range(narrow.degree):
+        scaled *= scale
+    return scaled
+
+
 def embed_networks(
     narrow: Network, wide: Network, dataset: Dataset, options: CheckOptions | None = None, tol: float = 1e-10,
     on_step: Callable[[str], None] | None = None,
@@ -141,11 +155,11 @@ def embed_networks(
     validate_data(narrow, dataset)
     validate_data(wide, dataset)
     mapped = embedding.apply(narrow.params)
-    difference = flatten_params({key: wide.params[key] - mapped[key] for key in mapped})
-    mapped_norm = float(flatten_params(mapped).norm())
-    embedding_error = float(difference.norm())
-    relative_embedding_error = embedding_error / mapped_norm if mapped_norm > 0 else math.inf
-    output_error = float((wide.forward(dataset.x) - narrow.forward(dataset.x)).abs().max())
+    difference = {key: wide.params[key] - mapped[key] for key in mapped}
+    mapped_norm = safe_norm(mapped)  # scaled: θ near the ends of float64 must not change the verdict
+    embedding_error = safe_norm(difference)
+    relative_embedding_error = safe_norm({key: value / mapped_norm for key, value in difference.items()}) if mapped_norm > 0 else math.inf
+    output_error = output_difference(narrow, wide, dataset.x)
     step("checking NARROW")
     narrow_check = check_network(narrow, dataset, options, on_step)
     step("checking WIDE")
@@ -155,9 +169,9 @@ def embed_networks(
         multiplier_error = float((wide_check.multipliers - narrow_check.multipliers).norm())
         scale = float(narrow_check.multipliers.norm())
         relative_multiplier_error = multiplier_error / scale if scale > 0 else None
-    if relative_embedding_error > tol:
+    if not relative_embedding_error <= tol:  # written so that a NaN error is never within the tolerance
         verdict = "not_embedded"
-    elif embedding.isometry_error > tol:
+    elif not embedding.isometry_error <= tol:
         verdict = "not_isometric"
     else:
         verdict = "isometric_embedding"

@@ -51,15 +51,25 @@ def load_digits(args: str | None, images: bool = False):
     return x, y
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def parse_seed(args: str | None, name: str) -> int:
+    """The seed in ``NAME:SEED`` (default 0): an integer torch can seed with."""
+    try:
+        seed = int(args) if args else 0
+    except ValueError:
+        seed = None
+    if seed is None or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise DataError(f"invalid seed {args!r}", hint=f"use an integer from 0 to 2**64 - 1, e.g. {name}:0")
+    return seed
+
+
 def gaussian_clusters(args: str | None, centre: float):
     """Two 2-D Gaussian clusters of 50 points, centres ±(centre, −centre), std 0.8 (MATH.md §5)."""
     import torch
 
-    try:
-        seed = int(args) if args else 0
-    except ValueError:
-        raise DataError(f"invalid seed {args!r}", hint="use e.g. gaussians:0")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(parse_seed(args, "gaussians"))
     centres = torch.tensor([[centre, -centre], [-centre, centre]], dtype=torch.float64)
     noise = 0.8 * torch.randn(100, 2, generator=generator, dtype=torch.float64)
     x = torch.cat([centres[0] + noise[:50], centres[1] + noise[50:]])
@@ -71,11 +81,7 @@ def gaussian_images(args: str | None):
     """100 images 1×5×5: pixels around ±1 by class, std 0.8 (the CNN experiment's stand-in)."""
     import torch
 
-    try:
-        seed = int(args) if args else 0
-    except ValueError:
-        raise DataError(f"invalid seed {args!r}", hint="use e.g. gaussian-images:0")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(parse_seed(args, "gaussian-images"))
     y = torch.cat([torch.ones(50, dtype=torch.int64), -torch.ones(50, dtype=torch.int64)])
     x = y.to(torch.float64).reshape(-1, 1, 1, 1) + 0.8 * torch.randn(100, 1, 5, 5, generator=generator, dtype=torch.float64)
     return x, y

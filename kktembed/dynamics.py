@@ -32,6 +32,7 @@ arithmetic, and on a busy machine far more. Float64 throughout, on the CPU or a 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,10 +42,10 @@ import torch
 
 from kktembed.data import Dataset
 from kktembed.embedding import Embedding
-from kktembed.errors import ArchitectureError, KktembedError, UsageError
+from kktembed.errors import ArchitectureError, InputError, KktembedError, UsageError
 from kktembed.kkt.margins import build_constraints, normalized_margin
 from kktembed.losses import MarginLoss, get_loss
-from kktembed.network import Network, flatten_params, unflatten_params
+from kktembed.network import Network, flatten_params, safe_norm, unflatten_params
 from kktembed.resources import resolve_device, torch_threads  # noqa: F401  (part of this module's interface)
 from kktembed.training_options import DEVICES, OPTIMIZERS, TraceOptions  # noqa: F401  (kktembed.dynamics.TraceOptions)
 
@@ -57,8 +58,24 @@ from kktembed.training_options import DEVICES, OPTIMIZERS, TraceOptions  # noqa:
 SINGLE_THREAD_FLOPS = 1e7
 
 
+TRAINING_COPIES = 6  # θ and η each live as module parameters, gradients, flat copies and snapshots
+PROGRESS_SECONDS = 0.5  # on_progress is called at least this often (and at every record)
+
+
 class TrainingDiverged(KktembedError):
     """Parameters or losses became NaN or infinite."""
+
+
+def ensure_training_fits(narrow: Network, wide_config: dict, samples_per_step: int) -> None:
+    """Refuse (UsageError with the estimate and the limit) paired training whose two networks and
+    one step's forward and backward passes would not fit in memory, before either is built."""
+    from kktembed.network import FLOAT64_BYTES, forward_memory_bytes
+    from kktembed.resources import ensure_fits
+
+    wide_parameters = sum(math.prod(shape) for shape in narrow.adapter.parameter_shapes(wide_config).values())
+    passes = sum(forward_memory_bytes(narrow.adapter, config, samples_per_step) or 0 for config in (narrow.config, wide_config))
+    needed = FLOAT64_BYTES * TRAINING_COPIES * (narrow.n_parameters + wide_parameters) + passes
+    ensure_fits(needed, f"training the narrow and the wide network ({narrow.n_parameters:,} and {wide_parameters:,} parameters, {samples_per_step:,} samples per step)", hint="split into fewer copies or use a smaller --batch")
 
 
 @dataclass
@@ -223,12 +240,15 @@ def paired_training(
     """Train θ from the narrow checkpoint and η from ``wide`` (default: η(0) = Tθ(0)) in lockstep.
 
     A row is recorded at step 0, every ``every`` steps and at the end; ``on_record(row)`` receives
-    each row as it is recorded and ``on_progress(step)`` the step. With ``save_every`` = K > 0,
+    each row as it is recorded and ``on_progress(step)`` the step (at every record and at least
+    every PROGRESS_SECONDS, so that long runs with rare records still report). With ``save_every`` = K > 0,
     ``on_snapshot(step, θ, η)`` receives both state_dicts (CPU copies) at steps K, 2K, … and at the
     last step."""
     from kktembed.kkt.analysis import CheckOptions, check_network
 
     options.validate(dataset.n_samples)
+    if narrow.norm() == 0:
+        raise InputError("the network is zero (every parameter is 0): its normalized margin is undefined", hint="check that the right checkpoint was saved")
     device = resolve_device(options.device)
     if wide is None:
         wide = Network(narrow.adapter, embedding.wide_config, embedding.apply(narrow.params))
@@ -247,24 +267,30 @@ def paired_training(
             theta, eta = narrow_net.flat(), wide_net.flat()
             mapped = theta[index] * scale
             q_narrow, q_wide = data.margins(narrow_net.module), data.margins(wide_net.module)
-            values = torch.stack(
-                [(eta - mapped).norm(), mapped.norm(), loss.mean(q_narrow), loss.mean(q_wide), q_narrow.min(), q_wide.min(), theta.norm(), eta.norm()]
-            ).tolist()
-        if not all(map(math.isfinite, values)):
-            raise TrainingDiverged(
-                f"training produced non-finite numbers by step {at} (loss narrow {values[2]:.3g}, wide {values[3]:.3g}, ‖θ‖ {values[6]:.3g})",
-                hint="lower --lr (or use --optimizer normalized with a smaller rate); nothing was written",
-            )
-        error, mapped_norm, loss_narrow, loss_wide, q_min_narrow, q_min_wide, norm_narrow, norm_wide = values
+            values = torch.stack([loss.mean(q_narrow), loss.mean(q_wide), q_narrow.min(), q_wide.min()]).tolist()
+            error, mapped_norm, norm_narrow, norm_wide = (safe_norm({"v": v}) for v in (eta - mapped, mapped, theta, eta))
+        loss_narrow, loss_wide, q_min_narrow, q_min_wide = values
+        relative = error / mapped_norm if mapped_norm > 0 else math.nan
         row = {
             "step": at,
             "trajectory_error": error,
-            "relative_trajectory_error": error / mapped_norm,
+            "relative_trajectory_error": relative,
             "loss_narrow": loss_narrow,
             "loss_wide": loss_wide,
             "normalized_margin_narrow": normalized_margin(q_min_narrow, norm_narrow, narrow.degree),
             "normalized_margin_wide": normalized_margin(q_min_wide, norm_wide, wide.degree),
         }
+        if not all(math.isfinite(value) for value in row.values()):
+            if at == 0:
+                raise InputError(
+                    f"the initial networks' numbers are not finite in float64 (‖θ‖ {norm_narrow:.3g}, loss {loss_narrow:.3g}, "
+                    f"q_min {q_min_narrow:.3g}): their margins overflow or underflow",
+                    hint="rescale the checkpoint (or the inputs) by a power of ten; nothing was written",
+                )
+            raise TrainingDiverged(
+                f"training produced non-finite numbers by step {at} (loss narrow {loss_narrow:.3g}, wide {loss_wide:.3g}, ‖θ‖ {norm_narrow:.3g})",
+                hint="lower --lr (or use --optimizer normalized with a smaller rate); nothing was written",
+            )
         if options.kkt_every and at % options.kkt_every == 0 and row["normalized_margin_narrow"] > 0 and row["normalized_margin_wide"] > 0:
             check = CheckOptions(profile=False, loss=options.loss)
             row["relative_stationarity_narrow"] = check_network(narrow.with_params(narrow_net.snapshot()), dataset, check).relative_stationarity_residual
@@ -280,13 +306,16 @@ def paired_training(
 
     with torch_threads(threads):
         record(0)
+        reported = time.monotonic()
         for at in range(1, options.steps + 1):
             narrow_samples = draw(narrow_stream)
             step(narrow_samples, draw(wide_stream) if wide_stream is not None else narrow_samples)
-            if at % options.every == 0 or at == options.steps:
+            recorded = at % options.every == 0 or at == options.steps
+            if recorded:
                 record(at)
-                if on_progress:
-                    on_progress(at)
+            if on_progress and (recorded or time.monotonic() - reported >= PROGRESS_SECONDS):
+                on_progress(at)
+                reported = time.monotonic()
             if options.save_every and (at % options.save_every == 0 or at == options.steps) and on_snapshot:
                 on_snapshot(at, narrow_net.snapshot(), wide_net.snapshot())
     result.narrow = narrow.with_params(narrow_net.snapshot())

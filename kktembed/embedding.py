@@ -32,6 +32,7 @@ import torch
 from kktembed.adapters.base import Adapter, UnitLayer, UnitSlice
 from kktembed.errors import ArchitectureError, CheckpointError
 from kktembed.network import flatten_params, unflatten_params
+from kktembed.validation import parse_json
 
 EMBEDDING_KEY = "kktembed.embedding"
 SPLITS_VERSION = 1  # stages of appended splits only: what every kktembed before `reduce` wrote
@@ -577,10 +578,7 @@ class EmbeddingRecord:
         CheckpointError naming the first bad field otherwise. None without a record."""
         if EMBEDDING_KEY not in metadata:
             return None
-        try:
-            body = json.loads(metadata[EMBEDDING_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"metadata {EMBEDDING_KEY} is malformed (not JSON: {exc})")
+        body = parse_json(metadata[EMBEDDING_KEY], f"metadata {EMBEDDING_KEY}", CheckpointError, constants=True)  # fields name NaN
         if not isinstance(body, dict):
             raise _malformed("the record", "must be an object")
         version = body.get("version", SPLITS_VERSION)

@@ -19,7 +19,6 @@ are compared with them first, and a network that computes something else is refu
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -34,7 +33,8 @@ from kktembed.archspec import ArchSpec
 from kktembed.checkpoint import ADAPTER_KEY, CONFIG_KEY, DATA_KEY, DATASET_KEY, STORAGE_DTYPE_KEY, read_stored_checkpoint
 from kktembed.data import Dataset, coarsest_dtype, load_data_file, load_named_dataset, make_dataset
 from kktembed.errors import ArchitectureError, CheckpointError, DataError, KktembedWarning, UsageError
-from kktembed.network import Network
+from kktembed.network import Network, ensure_forward_fits
+from kktembed.validation import parse_json
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 LOW_PRECISION = ("float16", "bfloat16")
@@ -160,10 +160,7 @@ def _module_spec(module: torch.nn.Module) -> ArchSpec:
 
 
 def _native_config(metadata: dict[str, str], label: str) -> dict[str, Any]:
-    try:
-        config = json.loads(metadata.get(CONFIG_KEY, ""))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{label}: metadata {CONFIG_KEY} is not valid JSON ({exc})")
+    config = parse_json(metadata.get(CONFIG_KEY, ""), f"{label}: metadata {CONFIG_KEY}", CheckpointError)
     if not isinstance(config, dict):
         raise CheckpointError(f"{label}: metadata {CONFIG_KEY} must be a JSON object, got {type(config).__name__}")
     return config
@@ -254,6 +251,7 @@ def _network(source: _Source, spec: ArchSpec, input_shape: tuple[int, ...] | Non
     except ArchitectureError as exc:
         raise CheckpointError(f"{source.label}: {exc.message}", hint="the checkpoint's kktembed.config metadata is malformed" if ADAPTER_KEY in source.metadata else exc.hint)
     adapter.check_shapes(config, {key: tuple(t.shape) for key, t in tensors.items()})
+    ensure_forward_fits(adapter, config, 1, f"{source.label}: a forward pass of one input sample of shape {list(adapter.input_shape(config))}")
     storage = _storage_dtype(tensors, source)
     report = LoadReport(
         source=source.label,
@@ -321,6 +319,7 @@ def validate_data(network: Network, dataset: Dataset) -> None:
     expected = network.input_shape
     if tuple(dataset.x.shape[1:]) != expected:
         raise DataError(f"data {dataset.source} has inputs of shape {tuple(dataset.x.shape[1:])}, the network expects {expected}")
+    ensure_forward_fits(network.adapter, network.config, dataset.n_samples, f"a forward pass over the {dataset.n_samples:,} samples of {dataset.source}")
     n_outputs = network.output_dim
     labels = torch.unique(dataset.y)
     if n_outputs == 1:

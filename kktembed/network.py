@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -58,9 +59,12 @@ class Network:
         return output.reshape(output.shape[0], -1)
 
     def norm(self, params: dict[str, torch.Tensor] | None = None) -> float:
-        """‖θ‖₂ over all parameters."""
+        """‖θ‖₂ over all parameters (``safe_norm`` when the squares overflow or underflow float64)."""
         params = params if params is not None else self.params
-        return float(torch.sqrt(sum((t * t).sum() for t in params.values())))
+        norm = float(torch.sqrt(sum((t * t).sum() for t in params.values())))
+        if math.isfinite(norm) and norm > 0:
+            return norm
+        return safe_norm(params)
 
     @property
     def unit_roundoff(self) -> float:
@@ -70,6 +74,34 @@ class Network:
     def with_params(self, params: dict[str, torch.Tensor]) -> "Network":
         """The same architecture with other parameters (computed in float64: no storage report)."""
         return Network(self.adapter, self.config, params, self.path, self.metadata)
+
+
+def safe_norm(params: dict[str, torch.Tensor]) -> float:
+    """‖θ‖₂ without overflow or underflow of the squares: s·‖θ/s‖ with s = max|θ_i|."""
+    largest = max((float(value.abs().max()) for value in params.values() if value.numel()), default=0.0)
+    if largest == 0.0:
+        return 0.0
+    return largest * float(torch.sqrt(sum(((value / largest) ** 2).sum() for value in params.values())))
+
+
+FORWARD_FACTOR = 3  # activations kept for the backward pass, their gradients (or a jvp's tangents)
+FLOAT64_BYTES = 8
+
+
+def forward_memory_bytes(adapter: Adapter, config: dict[str, Any], n_samples: int) -> int | None:
+    """Estimated memory of a forward and backward pass over ``n_samples`` inputs (None: unknown)."""
+    elements = adapter.activation_elements(config)
+    return None if elements is None else FORWARD_FACTOR * FLOAT64_BYTES * n_samples * elements
+
+
+def ensure_forward_fits(adapter: Adapter, config: dict[str, Any], n_samples: int, what: str) -> None:
+    """Refuse (UsageError with the estimate and the memory limit) a pass over ``n_samples`` inputs
+    that would not fit, before any of it is allocated."""
+    from kktembed.resources import ensure_fits
+
+    needed = forward_memory_bytes(adapter, config, n_samples)
+    if needed is not None:
+        ensure_fits(needed, what, hint="use fewer samples, or check the input shape and the layer sizes in the config")
 
 
 def flatten_params(params: dict[str, torch.Tensor]) -> torch.Tensor:

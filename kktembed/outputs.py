@@ -85,10 +85,20 @@ def guard_output(path: str | Path, force: bool, inputs: list) -> None:
     guard_outputs([path], force, inputs)
 
 
-def guard_outputs(paths: list, force: bool, inputs: list) -> None:
-    """``guard_output`` for every output of one command, and no two of them the same file."""
+def _input_identities(inputs: list) -> list[tuple]:
+    """Identities of the given inputs and of every file they refer to (a checkpoint's shards, index,
+    spec and the data file its metadata names), known before any of them is loaded."""
+    from kktembed.checkpoint import referenced_files
+
+    paths = [Path(p) for p in inputs if isinstance(p, (str, os.PathLike))]
+    return [_identity(path) for path in paths + [file for path in paths for file in referenced_files(path)]]
+
+
+def guard_outputs(paths: list, force: bool, inputs: list, resumed: list = ()) -> None:
+    """``guard_output`` for every output of one command, and no two of them the same file.
+    ``resumed`` outputs are continued, not replaced: they may exist without --force."""
     identities = []
-    input_identities = [_identity(Path(p)) for p in inputs if isinstance(p, (str, os.PathLike))]
+    input_identities = _input_identities(inputs)
     for path in map(Path, paths):
         identity = _identity(path)
         if any(_same(identity, other) for other in input_identities) or _is_read(path):
@@ -97,12 +107,20 @@ def guard_outputs(paths: list, force: bool, inputs: list) -> None:
             raise UsageError(f"{path} is given as two outputs of this command", hint="give each output its own file")
         identities.append(identity)
         _check_location(path)
-        if path.exists() and not force:
+        if path.exists() and not force and path not in map(Path, resumed):
             raise OutputExistsError(f"{path} exists", hint="pass --force to overwrite it")
 
 
-def _check_location(path: Path) -> None:
-    """The target is missing or a regular file; its folder exists (or can be made) and is writable."""
+def _check_location(path: Path, folder: bool = False) -> None:
+    """The target is missing or a regular file (with ``folder``: a folder); the folder it goes into
+    exists (or can be made) and is writable; its name leaves room for the partial file's suffix."""
+    try:
+        _check_location_of(path, folder)
+    except OSError as exc:  # a component too long, a loop, …: whatever the file system says
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_location_of(path: Path, folder: bool) -> None:
     existing = path.parent
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
@@ -114,10 +132,12 @@ def _check_location(path: Path) -> None:
         info = None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
-    if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+    if folder and info is not None and not os.path.isdir(path):
+        raise OutputError(f"{path} exists and is not a folder", hint="give --out a folder path")
+    if not folder and info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise OutputError(f"{path} is {kind}; refusing to replace it", hint="give the path of a file to write")
-    if info is not None and stat.S_ISLNK(info.st_mode) and os.path.exists(path) and not os.path.isfile(path):
+    if not folder and info is not None and stat.S_ISLNK(info.st_mode) and os.path.exists(path) and not os.path.isfile(path):
         raise OutputError(f"{path} links to something that is not a regular file; refusing to replace it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: the folder {existing} is not writable", hint="choose another output location")
@@ -196,13 +216,11 @@ def guard_folder(folder: str | Path, force: bool, inputs: list) -> None:
     import json
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder} exists and is not a folder", hint="give --out a folder path")
-    _check_location(folder / "x")
+    _check_location(folder, folder=True)
     if not folder.exists():
         return
     contents = sorted(entry.name for entry in folder.iterdir())
-    input_identities = [_identity(Path(p)) for p in inputs if isinstance(p, (str, os.PathLike))]
+    input_identities = _input_identities(inputs)
     for entry in folder.iterdir():
         identity = _identity(entry)
         if any(_same(identity, other) for other in input_identities) or _is_read(entry):
@@ -211,7 +229,7 @@ def guard_folder(folder: str | Path, force: bool, inputs: list) -> None:
         return
     try:
         listed = set(json.loads((folder / MANIFEST).read_text())["files"]) | {MANIFEST}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # not our manifest: every file is foreign
         listed = set()
     foreign = [name for name in contents if name not in listed]
     if foreign:
@@ -228,6 +246,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     import json
 
     folder = Path(folder)
+    _refuse_replacing_inputs(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(folder)
@@ -240,6 +259,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
         (partial / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
         os.chmod(partial, 0o777 & ~_umask())
         old = None
+        _refuse_replacing_inputs(folder)
         if folder.exists() and any(folder.iterdir()):
             old = folder.with_name(f"{folder.name}{PARTIAL}{os.getpid()}-old")
             os.replace(folder, old)
@@ -251,6 +271,16 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def _refuse_replacing_inputs(folder: Path) -> None:
+    """An output folder about to be replaced may not hold a file this command read (say the data
+    file a checkpoint's metadata names, found only once the checkpoint was loaded)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if _is_read(entry):
+            raise UsageError(f"{entry} is an input of this command and lies in the output folder {folder}", hint="write the outputs to another folder")
 
 
 def _umask() -> int:

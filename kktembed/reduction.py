@@ -48,7 +48,7 @@ from kktembed.embedding import (
     widths_of,
 )
 from kktembed.errors import ArchitectureError, InputError, UsageError
-from kktembed.network import Network
+from kktembed.network import Network, safe_norm
 
 DEFAULT_TOL = 1e-10
 PROFILE_TOLERANCES = tuple(10.0**-exponent for exponent in range(12, 0, -1))  # 1e-12 … 1e-1
@@ -270,8 +270,13 @@ def incoming_merge(rows: torch.Tensor, incoming_columns: int, tol: float) -> Lay
 
 
 def parameter_norm(params: dict[str, torch.Tensor]) -> float:
-    """‖θ‖₂ over all tensors, without concatenating them."""
-    return math.sqrt(sum(float(torch.linalg.vector_norm(value)) ** 2 for value in params.values()))
+    """‖θ‖₂ over all tensors, without concatenating them (``safe_norm`` where the squares overflow
+    or underflow float64)."""
+    norms = [float(torch.linalg.vector_norm(value)) for value in params.values()]
+    total = sum(norm * norm for norm in norms)  # a float product overflows to inf, not an exception
+    if math.isfinite(total) and total > 0:
+        return math.sqrt(total)
+    return safe_norm(params)
 
 
 # -- the fixed point over layers ---------------------------------------------------------------

@@ -315,21 +315,27 @@ def read_rows(path: Path) -> list[RunRow]:
         except Exception as exc:  # pyarrow raises its own error types
             raise InputError(f"{path}: cannot read it back for --resume ({exc})")
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read it back for --resume ({exc})")
         if kind == "jsonl":
             records = []
             for line in text.splitlines():
                 try:
                     records.append(json.loads(line))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # a line cut short, or not ours
                     continue
         else:
-            records = list(csv.DictReader(text.splitlines()))
+            try:
+                records = list(csv.DictReader(text.splitlines()))
+            except csv.Error as exc:
+                raise InputError(f"{path}: cannot read it back for --resume ({exc})")
     rows = []
     for record in records:
         try:
             row = RunRow.from_record(record)
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError, OverflowError):  # not a row of ours
             continue
         if row.checkpoint and row.sha256 and row.options_key:
             rows.append(row)

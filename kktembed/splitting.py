@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # torch-free at import: split options are validated before to
 
 SHARE_TOL = 1e-9
 MAX_COPIES = 1_000_000
+FLOAT64_BYTES = 8
+WIDE_COPIES = 3  # the wide parameters exist up to three times: Tθ, its gathered blocks, the serialized file
+PYTHON_BYTES_PER_COPY = 512  # one copy of a unit as Python objects: its share and factors, map entries, record
+RECORD_BYTES_PER_COPY = 64  # one copy in the JSON embedding record (measured: about 55 for many copies)
 SPEC_KEYS = ("layer", "neuron", "ratio", "copies", "width", "strategy")
 OPTION_WORDS = {key: f"--{key}" for key in SPEC_KEYS}
 SPEC_WORDS = {key: f"{key}=" for key in SPEC_KEYS}
@@ -113,11 +117,9 @@ class SplitPlan:
     def said(self, key: str, value) -> str:
         return said(dict(self.words).__getitem__, key, value)
 
-    def requests(self, network: "Network") -> list[SplitRequest]:
-        """Which units of which hidden layers to split, with which shares. No ``units`` and no
-        ``width``: every unit of each layer. ``width``: widen each layer to that many units with
-        equal shares, giving units 0, 1, … one extra copy each in turn."""
-        hidden = {unit_layer.name: unit_layer for unit_layer in network.adapter.units(network.config)}
+    def chosen_layers(self, network: "Network") -> dict[str, int]:
+        """The hidden layers to split with their current widths, every name and unit checked."""
+        hidden = {unit_layer.name: unit_layer.width for unit_layer in network.adapter.units(network.config)}
         if not hidden:
             raise UsageError("this network has no hidden layer to split (a single layer is the output layer)")
         layers = self.layers
@@ -126,16 +128,62 @@ class SplitPlan:
                 raise UsageError(f"choose the layer to split with {self.word('layer')} (hidden layers: {', '.join(hidden)})")
             layers = tuple(hidden)
         parameter_layers = {key.rpartition(".")[0] for key in network.params}
-        requests = []
         for layer in layers:
             if layer not in hidden:
                 if layer in parameter_layers:
                     raise UsageError(f"layer {layer!r} is the output layer, which cannot be split", hint=f"hidden layers: {', '.join(hidden)}")
                 raise UsageError(f"unknown layer {layer!r}", hint=f"hidden layers: {', '.join(hidden)}")
-            current = hidden[layer].width
+            current = hidden[layer]
+            if self.width is not None and self.width <= current:
+                raise UsageError(f"{self.said('width', self.width)} must exceed the current width {current} of layer {layer!r}")
+            for unit in self.units or ():
+                if not 0 <= unit < current:
+                    raise UsageError(f"{self.said('neuron', unit)} is out of range for layer {layer!r} of width {current}")
+        return {layer: hidden[layer] for layer in layers}
+
+    def sizes(self, network: "Network") -> tuple[dict[str, int], dict[str, int], int]:
+        """(current widths, widths after the split, number of copies T lists) of the chosen layers,
+        computed without building anything."""
+        before = self.chosen_layers(network)
+        after, copies = {}, 0
+        for layer, current in before.items():
             if self.width is not None:
-                if self.width <= current:
-                    raise UsageError(f"{self.said('width', self.width)} must exceed the current width {current} of layer {layer!r}")
+                extra = self.width - current
+                after[layer], copies = self.width, copies + extra + min(current, extra)
+            else:
+                selected = current if self.units is None else len(self.units)
+                after[layer], copies = current + selected * (len(self.shares) - 1), copies + selected * len(self.shares)
+        return before, after, copies
+
+    def ensure_feasible(self, network: "Network", recorded: bool) -> None:
+        """Refuse, before T is built, a split whose wide network (and the Python objects that describe
+        T) would not fit in memory, or, when ``recorded`` in a file, whose embedding record would not
+        fit in a safetensors header."""
+        from kktembed.checkpoint import MAX_HEADER_BYTES
+        from kktembed.embedding import EMBEDDING_KEY, with_widths
+        from kktembed.resources import ensure_fits, format_size
+
+        before, after, copies = self.sizes(network)
+        wide_config = with_widths(network.adapter, network.config, after)
+        wide_parameters = sum(math.prod(shape) for shape in network.adapter.parameter_shapes(wide_config).values())
+        widths = ", ".join(f"{layer}: {before[layer]:,} → {after[layer]:,}" for layer in after)
+        needed = FLOAT64_BYTES * (network.n_parameters + WIDE_COPIES * wide_parameters) + PYTHON_BYTES_PER_COPY * copies
+        ensure_fits(needed, f"the split ({widths}; {wide_parameters:,} parameters)", hint="split fewer units or into fewer copies")
+        record = RECORD_BYTES_PER_COPY * copies + len(network.metadata.get(EMBEDDING_KEY, ""))
+        if recorded and record > MAX_HEADER_BYTES:
+            raise UsageError(
+                f"the embedding record of this split ({widths}) would take about {format_size(record)}, more than the "
+                f"{format_size(MAX_HEADER_BYTES)} a safetensors header may hold",
+                hint="split fewer units or into fewer copies",
+            )
+
+    def requests(self, network: "Network") -> list[SplitRequest]:
+        """Which units of which hidden layers to split, with which shares. No ``units`` and no
+        ``width``: every unit of each layer. ``width``: widen each layer to that many units with
+        equal shares, giving units 0, 1, … one extra copy each in turn."""
+        requests = []
+        for layer, current in self.chosen_layers(network).items():
+            if self.width is not None:
                 extra = self.width - current
                 for unit in range(current):
                     copies = 1 + extra // current + (1 if unit < extra % current else 0)
@@ -143,14 +191,13 @@ class SplitPlan:
                         requests.append(SplitRequest(layer, unit, (1.0 / copies,) * copies))
                 continue
             selected = range(current) if self.units is None else self.units
-            for unit in selected:
-                if not 0 <= unit < current:
-                    raise UsageError(f"{self.said('neuron', unit)} is out of range for layer {layer!r} of width {current}")
             requests += [SplitRequest(layer, unit, self.shares) for unit in selected]
         return requests
 
-    def embedding(self, network: "Network") -> "Embedding":
-        """The map T that performs this plan on ``network`` (MATH.md §4)."""
+    def embedding(self, network: "Network", recorded: bool = False) -> "Embedding":
+        """The map T that performs this plan on ``network`` (MATH.md §4), after checking that it fits
+        (``ensure_feasible``; ``recorded``: T will be written into a file's metadata)."""
+        self.ensure_feasible(network, recorded)
         return build_embedding(network, self.requests(network), self.strategy_object())
 
 

@@ -112,6 +112,34 @@ class Adapter:
         first = next(m for m in self.build_on_meta(config).modules() if isinstance(m, nn.Linear))
         return (first.in_features,)
 
+    def activation_elements(self, config: dict[str, Any]) -> int | None:
+        """Entries that one input sample creates in a forward pass: the input and the output of every
+        leaf module, found by a forward pass on torch's meta device (shapes only, no memory), so that
+        the memory of a pass over n samples is known before it is made. None when the module cannot
+        run on the meta device (a plugin may override this method with its own count)."""
+        import torch
+
+        try:
+            module = self.build_on_meta(config)
+            sample = torch.empty((1, *self.input_shape(config)), device="meta", dtype=torch.float64)
+        except Exception:  # the estimate is a safeguard; a module that cannot be built is reported elsewhere
+            return None
+        counts: list[int] = []
+
+        def count(_module, _inputs, output) -> None:
+            counts.append(output.numel() if isinstance(output, torch.Tensor) else 0)
+
+        hooks = [child.register_forward_hook(count) for child in module.modules() if next(child.children(), None) is None]
+        try:
+            with torch.no_grad():
+                module(sample)
+        except Exception:  # data-dependent operations (.item(), nonzero, …) have no meta kernel
+            return None
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return sample.numel() + sum(counts)
+
     def build_on_meta(self, config: dict[str, Any]) -> "torch.nn.Module":
         """``build(config)`` on torch's meta device: shapes without allocating any memory, so that a
         config is checked against a checkpoint before anything of its size exists."""
@@ -124,8 +152,16 @@ class Adapter:
         return {key: tuple(t.shape) for key, t in self.build_on_meta(config).state_dict().items()}
 
     def check_shapes(self, config: dict[str, Any], tensor_shapes: dict[str, tuple[int, ...]]) -> None:
-        """Raise ArchitectureError unless the checkpoint's tensors are exactly the module's."""
-        expected = self.parameter_shapes(config)
+        """Raise ArchitectureError unless the checkpoint's tensors are exactly the module's. The config
+        may be untrusted: one that cannot even be built on the meta device (sizes whose product
+        overflows, combinations the schema does not rule out, a plugin's config of the wrong types)
+        is an ArchitectureError too."""
+        try:
+            expected = self.parameter_shapes(config)
+        except ArchitectureError:
+            raise
+        except Exception as exc:  # torch's and the plugin's own errors: the config describes no network
+            raise ArchitectureError(f"the {self.name} config describes no network that can be built ({type(exc).__name__}: {exc})") from None
         missing = sorted(set(expected) - set(tensor_shapes))
         extra = sorted(set(tensor_shapes) - set(expected))
         if missing or extra:

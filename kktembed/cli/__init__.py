@@ -48,19 +48,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"Warning: {message}", file=sys.stderr)
 
 
+def _is_click(exc: Exception, name: str) -> bool:
+    """Whether ``exc`` is click's exception class ``name`` or a subclass (recent typer versions
+    vendor click as ``typer._click``, so the class is recognised by its module and name)."""
+    return any(cls.__name__ == name and cls.__module__.endswith("click.exceptions") for cls in type(exc).__mro__)
+
+
 def main() -> None:
     """Entry point: run the app, turn kktembed errors into ``Error: …`` and an exit code.
 
-    Usage errors are typer's own (exit 2); typer.Exit carries --fail-above's status 3.
+    Usage errors found while parsing the command line (click's: an unknown option, a value that is
+    not a number) are one ``Error:`` line too, naming the command's --help (exit 2); typer.Exit
+    carries --fail-above's status 3.
     """
     debug = os.environ.get("KKTEMBED_DEBUG") == "1"
     if not debug:
         warnings.showwarning = _show_warning
     from kktembed.outputs import command_scope
+    from kktembed.resources import MEMORY_LIMIT_VARIABLE, memory_limit_bytes
 
     try:
+        if os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip():
+            memory_limit_bytes()  # a malformed limit is refused before any command starts
         with command_scope():
-            app(prog_name="kktembed")
+            status = app(prog_name="kktembed", standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except KktembedError as exc:
         if debug:
             raise
@@ -71,8 +84,15 @@ def main() -> None:
             raise
         print("Error: out of memory (lower --active-tol or --max-candidates, or use smaller inputs)", file=sys.stderr)
         sys.exit(1)
-    except Exception as exc:  # the safety net: reaching it is a bug in kktembed, and the message says so
-        if debug:
+    except Exception as exc:
+        if _is_click(exc, "NoArgsIsHelpError"):  # `kktembed` alone: the help, as always
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _is_click(exc, "ClickException"):  # found while parsing the command line
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            print(f"Error: {exc.format_message()}{where}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        if debug:  # the safety net: reaching it is a bug in kktembed, and the message says so
             raise
         print(
             f"Error: internal error ({type(exc).__name__}: {exc}). This is a bug in kktembed, not in your input: please "

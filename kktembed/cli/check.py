@@ -83,7 +83,7 @@ def check(
     from kktembed.api import check_options_from
     from kktembed.cli.common import arch_spec
     from kktembed.errors import UsageError
-    from kktembed.outputs import guard_output
+    from kktembed.outputs import guard_outputs
     from kktembed.runs import expand_checkpoints
     from kktembed.validation import require_integer, require_number
 
@@ -105,10 +105,9 @@ def check(
     if fail_above is not None:
         require_number(fail_above, "--fail-above", low=0.0)
     require_integer(workers, "--workers", low=1, high=1024)
-    for output in (save_multipliers, out, plot):
-        if output is not None:
-            guard_output(output, force or (output == out and resume), inputs=[*checkpoints, data])
     paths = expand_checkpoints(checkpoints, skip=[data])
+    outputs = [output for output in (save_multipliers, out, plot) if output is not None]
+    guard_outputs(outputs, force, inputs=[*paths, data], resumed=[out] if resume and out is not None else [])
     run_options = out is not None or plot is not None or resume or workers > 1 or scheduler is not None
     if len(paths) == 1 and not run_options:
         _check_one(paths[0], spec, data, dataset, options, save_multipliers, force, fail_above, json_output)

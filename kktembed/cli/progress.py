@@ -32,7 +32,7 @@ def progress_bar(label: str, total: int, unit: str):
             return
         state["printed"] = now
         elapsed = now - state["started"]
-        eta = elapsed / completed * (state["total"] - completed) if completed else float("nan")
-        print(f"{label}: {completed:,}/{state['total']:,} {unit}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s", file=sys.stderr, flush=True)
+        eta = f"{elapsed / completed * (state['total'] - completed):.0f} s" if completed else "unknown"
+        print(f"{label}: {completed:,}/{state['total']:,} {unit}, {elapsed:.0f} s elapsed, ETA {eta}", file=sys.stderr, flush=True)
 
     yield advance

@@ -32,7 +32,7 @@ from kktembed.kkt.residuals import alignment, kink_counts, stationarity_vector
 from kktembed.kkt.result import CheckResult, ProfileRow, verdict_for
 from kktembed.kkt.select import EPSILON_ALLOWANCE, Trial, choose_multipliers
 from kktembed.kkt.solve import MultiplierSolution
-from kktembed.network import Network, flatten_params
+from kktembed.network import Network, flatten_params, safe_norm
 
 HOMOGENEITY_SAMPLES = 512
 
@@ -69,14 +69,6 @@ def margin_stage(network: Network, dataset: Dataset) -> MarginStage:
 
 # ‖θ‖^L outside [1e-100, 1e100] is analysed at θ/‖θ‖ (margins would overflow or underflow float64)
 SCALE_DECADES = 100
-
-
-def safe_norm(params: dict[str, torch.Tensor]) -> float:
-    """‖θ‖₂ without overflow or underflow of the squares: s·‖θ/s‖ with s = max|θ_i|."""
-    largest = max((float(value.abs().max()) for value in params.values() if value.numel()), default=0.0)
-    if largest == 0.0:
-        return 0.0
-    return largest * float(torch.sqrt(sum(((value / largest) ** 2).sum() for value in params.values())))
 
 
 def well_scaled(network: Network) -> tuple[Network, float]:
@@ -295,6 +287,13 @@ def check_network(network: Network, dataset: Dataset, options: CheckOptions | No
     near_kink, near_kink_total = kink_stage(network, x, state.constraints, support, theta_hat, options.kink_tol)
     relative_epsilon = solved.stationarity_residual / theta_hat_norm
     relative_delta = float(complementarity.sum()) / multiplier_sum if multiplier_sum > 0 else 0.0
+    numbers = (theta_hat_norm, solved.stationarity_residual, relative_epsilon, multiplier_sum, relative_delta)
+    if not all(np.isfinite(numbers)):  # a residual that is not a number is an error, never a verdict
+        raise InputError(
+            f"the KKT residuals at θ̂ = θ/q_min^(1/L) are not finite in float64 (q_min {state.q_min:.3g}, ‖θ̂‖ {theta_hat_norm:.3g}, "
+            f"ε {solved.stationarity_residual:.3g}, Σλ {multiplier_sum:.3g}; max |x| = {float(x.abs().max()):.3g})",
+            hint="rescale the inputs (for a network without a first-layer bias only q_min, γ̄ and the absolute residuals depend on their scale)",
+        )
     verdict, note = verdict_for(relative_epsilon, relative_delta, options.kkt_tol, options.approx_tol, floor)
     norm = get_norm(options.norm)
     residual_vector = solver._residual(lam)

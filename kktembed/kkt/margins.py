@@ -9,6 +9,7 @@ One code path for binary and multi-class: constraint c belongs to sample k_c and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +70,17 @@ def accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def normalized_margin(q_min: float, theta_norm: float, degree: int) -> float:
-    """γ̄(θ) = q_min / ‖θ‖₂^L (MATH.md §1)."""
-    return q_min / theta_norm**degree
+    """γ̄(θ) = q_min / ‖θ‖₂^L (MATH.md §1). Where ‖θ‖^L overflows or underflows float64 the quotient
+    is taken one factor ‖θ‖ at a time (inf or 0 only if γ̄ itself is out of range); NaN for θ = 0."""
+    try:
+        return q_min / theta_norm**degree
+    except (OverflowError, ZeroDivisionError):
+        if theta_norm == 0:
+            return math.nan
+        value = q_min
+        for _ in range(degree):
+            value /= theta_norm
+        return value
 
 
 def rescale_to_unit_margin(params: dict[str, torch.Tensor], q_min: float, degree: int) -> dict[str, torch.Tensor]:
