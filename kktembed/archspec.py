@@ -108,10 +108,6 @@ class ArchSpec:
             source=" + ".join(filter(None, (self.source, fallback.source))) or None,
         )
 
-    @property
-    def is_empty(self) -> bool:
-        return not (self.adapter or self.layers or self.activation or self.input_shape or self.conv)
-
     def hints(self, data_input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
         """The ``hints`` of the ``kktembed_detect_adapter`` hook: ``activation``, ``arch_config``
         (stride/padding/pool/input_shape as a dict), ``layers``, ``input_shape``, ``adapter``."""

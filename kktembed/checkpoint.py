@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kktembed.errors import CheckpointError, OutputExistsError
-from kktembed.outputs import atomic_path, note_read, write_text_atomically  # noqa: F401  (writers use them from here too)
+from kktembed.outputs import atomic_path, note_read
 from kktembed.validation import parse_json
 
 if TYPE_CHECKING:

@@ -18,9 +18,6 @@ import torch
 from kktembed.checkpoint import read_safetensors, write_safetensors
 from kktembed.errors import DataError
 
-DATA_TENSORS = ("x", "y", "logits")
-
-
 @dataclass
 class Dataset:
     x: torch.Tensor  # float64, n × input shape

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class MarginLoss:
     name: str
-    formula: str
 
     def value(self, q: "torch.Tensor") -> "torch.Tensor":
         """ℓ(q) elementwise."""
@@ -89,8 +88,8 @@ class LogisticLoss(MarginLoss):
 
 
 LOSSES: dict[str, MarginLoss] = {
-    "exp": ExponentialLoss("exp", "e^{-q}"),
-    "logistic": LogisticLoss("logistic", "log(1 + e^{-q})"),
+    "exp": ExponentialLoss("exp"),  # ℓ(q) = e^{−q}
+    "logistic": LogisticLoss("logistic"),  # ℓ(q) = log(1 + e^{−q})
 }
 
 

@@ -203,13 +203,6 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         Path(temporary).unlink(missing_ok=True)
 
 
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (callers decide about overwriting)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)
-    return Path(path)
-
-
 def guard_folder(folder: str | Path, force: bool, inputs: list) -> None:
     """An output folder that ``atomic_folder`` may create or replace: missing or empty, or (with
     --force) holding only files a previous kktembed run listed in its manifest, and no input."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kktembed.checkpoint import atomic_path
+from kktembed.outputs import atomic_path
 
 # Exact zeros cannot be drawn on a log scale; the trajectory error draws them here.
 ZERO_FLOOR = 1e-18

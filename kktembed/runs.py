@@ -255,7 +255,7 @@ class RowWriter:
             os.fsync(handle.fileno())
 
     def _rewrite(self) -> None:
-        from kktembed.checkpoint import atomic_path
+        from kktembed.outputs import atomic_path
 
         with atomic_path(self.path, suffix=self.path.suffix) as temporary:
             if self.kind == "parquet":

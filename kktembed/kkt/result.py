@@ -7,9 +7,6 @@ from typing import Any
 
 import torch
 
-VERDICTS = ("kkt", "approximate", "not_kkt", "not_separable")
-
-
 @dataclass(frozen=True)
 class ProfileRow:
     """One τ of the active-set profile (ℓ2): candidates, support, ε/‖θ̂‖ and δ."""
