@@ -71,6 +71,17 @@ def _network_and_data(source: Any, data: Any, dataset: str | None, arch: Any, re
     return source, dataset_object
 
 
+def _wide_network(wide: Any, dataset_object, arch: Any):
+    """WIDE for embed and trace, once NARROW's data are known: a file is read with their input shape
+    but not checked against them, so that a mismatched pair is reported as such (by the embedding
+    lookup) rather than as a data error."""
+    from kktembed.loading import load_network
+
+    if isinstance(wide, (str, os.PathLike)):
+        return load_network(wide, _spec(arch), input_shape=tuple(dataset_object.x.shape[1:]))
+    return _network_and_data(wide, dataset_object, None, arch, require_data=False)[0]
+
+
 @_command
 def load(source: Any, *, arch: Any = None, data: Any = None, dataset: str | None = None, x: Any = None, y: Any = None, logits: Any = None):
     """A float64 ``Network`` from a path, folder, nn.Module or state_dict. With data, the network is
@@ -273,16 +284,13 @@ def embed(
     options = check_options_from({"norm": norm, "active_tol": active_tol, "solver": solver, "device": device, "profile": False})
     require_number(tol, "--tol", low=0.0)
     from kktembed.comparison import embed_networks  # torch: after the options are known to be valid
-    from kktembed.loading import load_network
 
     data = _data(data, x, y, None)
     narrow_network, dataset_object = _network_and_data(narrow, data, dataset, arch, require_data=False)
     if dataset_object is None:
         wide_network, dataset_object = _network_and_data(wide, None, None, arch, require_data=False)
-    elif isinstance(wide, (str, os.PathLike)):
-        wide_network = load_network(wide, _spec(arch), input_shape=tuple(dataset_object.x.shape[1:]))
     else:
-        wide_network, _ = _network_and_data(wide, dataset_object, None, arch, require_data=False)
+        wide_network = _wide_network(wide, dataset_object, arch)
     if dataset_object is None:
         raise UsageError("no training data: neither checkpoint names any", hint="pass --data FILE or --dataset NAME[:ARGS]")
     return embed_networks(narrow_network, wide_network, dataset_object, options, tol, on_step)
@@ -313,7 +321,6 @@ def trace(
     steps; ``plot`` a PNG (inside ``out`` it is part of that set)."""
     from kktembed.comparison import resolve_embedding
     from kktembed.dynamics import ensure_training_fits, paired_training
-    from kktembed.loading import load_network
     from kktembed.outputs import guard_folder, guard_output
     from kktembed.results import TraceReport
     from kktembed.splitting import SplitPlan
@@ -337,10 +344,7 @@ def trace(
     trace_options.validate(dataset_object.n_samples)
     wide_network = None
     if wide is not None:
-        if isinstance(wide, (str, os.PathLike)):
-            wide_network = load_network(wide, _spec(arch), input_shape=tuple(dataset_object.x.shape[1:]))
-        else:
-            wide_network, _ = _network_and_data(wide, dataset_object, None, arch, require_data=False)
+        wide_network = _wide_network(wide, dataset_object, arch)
         embedding, _ = resolve_embedding(network, wide_network)
     else:
         embedding = plan.embedding(network, recorded=out is not None)
